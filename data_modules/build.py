@@ -1,0 +1,505 @@
+"""``qanchor build``: raw logs -> UserU dataset (shards, vocabularies, benchmarks, manifest).
+
+The pipeline is lazy polars end to end; memory is bounded by one shard of users at a time:
+
+1. validate every input (schemas, nulls, modalities, duplicate users, non-finite features);
+2. split events at the cutoff into history / future and count what falls outside both windows;
+3. keep users that have a users row and at least one history event (the rest are counted skips),
+   assign them to shards by a stable hash;
+4. vocabularies: distinct history texts per modality, most frequent first;
+5. partition events by shard (a streaming sink), then per shard: capped recent event ids, the
+   standardised tabular vector, the D_future answer, the k most relevant D_uqa topics and their
+   answers, external QA pairs, and rule-based labels;
+6. benchmarks with a user-disjoint split, the tokenizer, and finally ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from data_modules import qa
+from data_modules.atomic import write_json, write_parquet
+from data_modules.errors import DataError
+from data_modules.manifest import Manifest, file_entry
+from data_modules.raw import (
+    RawInputs,
+    default_cutoff,
+    read_external_qa,
+    read_labels,
+    read_users,
+    scan_events,
+)
+from data_modules.scenarios import Scenario, load_scenarios, save_scenarios
+from data_modules.schemas import (
+    BENCHMARK_SCHEMA,
+    PAPER_MODALITIES,
+    SCHEMA_VERSION,
+    TABULAR,
+    VOCAB_SCHEMA,
+    event_modalities,
+    resolve_caps,
+    shard_schema,
+)
+from data_modules.tokenizer import train_tokenizer
+from data_modules.topics import Topic, load_topics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BuildConfig:
+    """Everything ``qanchor build`` can be told; saved verbatim in the manifest."""
+
+    raw: str | None = None
+    out: str = "data"
+    events: str | None = None
+    users: str | None = None
+    scenarios: str | None = None
+    labels: str | None = None
+    qa: str | None = None
+    topics: str | None = None
+    modalities: tuple[str, ...] = PAPER_MODALITIES
+    cutoff: str | None = None
+    history_days: int = 90
+    future_days: int = 30
+    max_events: dict[str, int] = field(default_factory=dict)
+    users_per_shard: int = 1024
+    row_group_size: int = 256
+    topics_per_user: int = 10
+    future_actions: int = 5
+    future_bins: int = 3
+    external_qa: str = "add"  # "add" beside the templated D_uqa, or "replace" it for users who have some
+    test_fraction: float = 0.3
+    split_seed: int = 0
+    tokenizer_vocab: int = 4096
+
+
+def stable_fraction(key: str) -> float:
+    """A uniform number in [0, 1) from a string, identical on every machine and Python run."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") / 2**64
+
+
+def build(cfg: BuildConfig) -> Manifest:
+    """Run the whole build; returns the manifest written last to ``cfg.out``."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    inputs = RawInputs.locate(
+        cfg.raw, events=cfg.events, users=cfg.users, scenarios=cfg.scenarios, labels=cfg.labels, qa=cfg.qa
+    )
+    skipped = inputs.skipped
+    event_mods = event_modalities(cfg.modalities)
+    if not event_mods:
+        raise ValueError("modalities must name at least one event modality")
+    caps = resolve_caps(cfg.modalities, cfg.max_events)
+    use_tabular = TABULAR in cfg.modalities
+    scenarios = load_scenarios(inputs.scenarios)
+    topics = load_topics(cfg.topics)
+
+    events = scan_events(inputs, event_mods)
+    users, features = read_users(inputs.users, use_tabular)
+    labels = read_labels(inputs.labels, {s.name for s in scenarios}) if inputs.labels else None
+    external = read_external_qa(inputs.qa) if inputs.qa else None
+
+    cutoff = dt.datetime.fromisoformat(cfg.cutoff) if cfg.cutoff else default_cutoff(events, cfg.future_days)
+    start = cutoff - dt.timedelta(days=cfg.history_days)
+    end = cutoff + dt.timedelta(days=cfg.future_days)
+    events = events.with_columns(
+        pl.when(pl.col("ts") < start)
+        .then(pl.lit("before"))
+        .when(pl.col("ts") < cutoff)
+        .then(pl.lit("history"))
+        .when(pl.col("ts") < end)
+        .then(pl.lit("future"))
+        .otherwise(pl.lit("after"))
+        .alias("window")
+    )
+    windows = dict(events.group_by("window").len().collect().iter_rows())
+    outside = windows.get("before", 0) + windows.get("after", 0)
+    _skip(skipped, "events_outside_windows", outside, f"events outside [{start}, {end})")
+    events = events.filter(pl.col("window").is_in(["history", "future"]))
+
+    kept = _select_users(events, users, skipped)
+    shard_map = _assign_shards(kept, cfg.users_per_shard)
+    n_shards = int(shard_map["shard"].max()) + 1
+    events = events.join(shard_map.lazy().select("user_id", "shard"), on="user_id", how="inner")
+
+    combos = (
+        events.filter(pl.col("window") == "history")
+        .group_by("modality", "text", "category")
+        .agg(pl.len().alias("count"))
+        .collect()
+        .sort("modality", "text", "category", nulls_last=True)
+    )
+    vocab = _write_vocabs(out, combos, event_mods)
+    topic_map, topic_means = _topic_map(combos, topics, len(kept))
+    tab_stats = _tabular_stats(kept, features)
+
+    files: dict[str, dict] = {}
+    for m, table in vocab.items():
+        files[f"vocab/{m}.parquet"] = file_entry(out, f"vocab/{m}.parquet", table.height)
+    positives: dict[str, set[str]] = {s.name: set() for s in scenarios}
+    qa_dropped = 0
+    with tempfile.TemporaryDirectory(dir=out, prefix=".build-") as tmp:
+        part_dir = Path(tmp) / "by_shard"
+        vocab_ids = pl.concat(
+            [v.select(pl.lit(m).alias("modality"), pl.col("text"), pl.col("id").alias("vid")) for m, v in vocab.items()]
+        )
+        (
+            events.join(vocab_ids.lazy(), on=["modality", "text"], how="left")
+            .sink_parquet(pl.PartitionBy(part_dir, key="shard", include_key=True), mkdir=True)
+        )
+        shard_dirs = {int(p.name.split("=")[1]): p for p in part_dir.glob("shard=*")}
+        for k in range(n_shards):
+            shard_users = shard_map.filter(pl.col("shard") == k).sort("order")
+            shard_events = pl.read_parquet(shard_dirs[k] / "*.parquet") if k in shard_dirs else None
+            table, dropped = _build_shard(
+                cfg, shard_users, shard_events, event_mods, caps, features, tab_stats, topics, topic_map,
+                topic_means, external, cutoff,
+            )
+            qa_dropped += dropped
+            _collect_positives(shard_events, scenarios, cutoff, positives)
+            name = f"shards/shard-{k:05d}.parquet"
+            write_parquet(out / name, table, row_group_size=cfg.row_group_size)
+            files[name] = file_entry(out, name, table.num_rows)
+    _skip(skipped, "qa_sentences_dropped_by_reflection", qa_dropped, "unsupported QA sentences")
+
+    bench_counts = {}
+    for s in scenarios:
+        table = _benchmark(s, kept, positives[s.name], labels, cfg, skipped)
+        name = f"benchmarks/{s.name}.parquet"
+        write_parquet(out / name, table)
+        files[name] = file_entry(out, name, table.num_rows)
+        bench_counts[s.name] = {
+            "users": table.num_rows,
+            "positive_rate": round(float(np.mean(table.column("label").to_numpy())) if table.num_rows else 0.0, 4),
+            "source": "labels" if labels is not None and s.name in set(labels["scenario"]) else "rule",
+        }
+    save_scenarios(out / "scenarios.json", scenarios)
+    files["scenarios.json"] = file_entry(out, "scenarios.json", len(scenarios))
+
+    tok_dir = train_tokenizer(out, sorted(files), cfg.tokenizer_vocab, extra_texts=[s.query for s in scenarios])
+    for p in sorted(tok_dir.iterdir()):
+        rel = str(p.relative_to(out))
+        files[rel] = file_entry(out, rel, None)
+
+    manifest = Manifest(
+        schema_version=SCHEMA_VERSION,
+        modalities=list(cfg.modalities),
+        event_modalities=event_mods,
+        max_events=caps,
+        tabular_features=features,
+        tabular_mean=tab_stats[0].tolist(),
+        tabular_std=tab_stats[1].tolist(),
+        cutoff=cutoff.isoformat(),
+        history_days=cfg.history_days,
+        future_days=cfg.future_days,
+        counts={
+            "users": len(kept),
+            "shards": n_shards,
+            "history_events": int(windows.get("history", 0)),
+            "future_events": int(windows.get("future", 0)),
+            "vocab": {m: v.height for m, v in vocab.items()},
+            "benchmarks": bench_counts,
+        },
+        skipped=dict(skipped),
+        files=files,
+        config={k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+        encoders={},
+    )
+    manifest.save(out)
+    return manifest
+
+
+def _skip(skipped: dict[str, int], key: str, n: int, message: str) -> None:
+    if n:
+        skipped[key] = skipped.get(key, 0) + int(n)
+        log.warning("skipped %d %s", n, message)
+
+
+def _select_users(events: pl.LazyFrame, users: pl.DataFrame | None, skipped: dict[str, int]) -> pl.DataFrame:
+    """Users with a users row (when a users table exists) and at least one history event."""
+    per_user = (
+        events.group_by("user_id")
+        .agg((pl.col("window") == "history").sum().alias("n_history"), pl.len().alias("n_events"))
+        .collect()
+    )
+    if users is None:
+        base = per_user.select("user_id")
+    else:
+        unknown = per_user.join(users.select("user_id"), on="user_id", how="anti")
+        _skip(skipped, "events_of_unknown_users", int(unknown["n_events"].sum()), "events of users missing from the users table")
+        base = users
+    joined = base.join(per_user, on="user_id", how="left").with_columns(pl.col("n_history", "n_events").fill_null(0))
+    no_events = joined.filter(pl.col("n_events") == 0).height
+    no_history = joined.filter((pl.col("n_events") > 0) & (pl.col("n_history") == 0)).height
+    _skip(skipped, "users_without_events", no_events, "users with no events at all")
+    _skip(skipped, "users_without_history", no_history, "users with future events only")
+    kept = joined.filter(pl.col("n_history") > 0).drop("n_history", "n_events")
+    if kept.height == 0:
+        raise DataError("events", "no user has any history event before the cutoff", expected="--cutoff inside the data")
+    return kept
+
+
+def _assign_shards(kept: pl.DataFrame, users_per_shard: int) -> pl.DataFrame:
+    """Stable, balanced shards: users ordered by a hash of their id, cut into equal runs.
+
+    Returns ``kept`` with ``shard`` and ``order`` (position in the hash order) columns added."""
+    ids = kept["user_id"].to_list()
+    keys = np.array([int.from_bytes(hashlib.blake2b(u.encode(), digest_size=8).digest(), "big") for u in ids], dtype=np.uint64)
+    order = np.lexsort((np.array(ids, dtype=object).astype(str), keys))
+    rank = np.empty(len(ids), dtype=np.int64)
+    rank[order] = np.arange(len(ids))
+    return kept.with_columns(pl.Series("shard", rank // users_per_shard), pl.Series("order", rank))
+
+
+def _write_vocabs(out: Path, combos: pl.DataFrame, event_mods: list[str]) -> dict[str, pl.DataFrame]:
+    vocab = {}
+    for m in event_mods:
+        v = (
+            combos.filter(pl.col("modality") == m)
+            .group_by("text")
+            .agg(pl.col("count").sum())
+            .sort(["count", "text"], descending=[True, False])
+            .with_row_index("id")
+            .select(pl.col("id").cast(pl.Int32), "text", pl.col("count").cast(pl.Int64))
+        )
+        write_parquet(out / f"vocab/{m}.parquet", v.to_arrow().cast(VOCAB_SCHEMA))
+        vocab[m] = v
+    return vocab
+
+
+def _topic_map(combos: pl.DataFrame, topics: tuple[Topic, ...], n_users: int) -> tuple[pl.DataFrame, np.ndarray]:
+    """Which topics each distinct (modality, text, category) matches, and each topic's mean events per user."""
+    rows, totals = [], np.zeros(len(topics))
+    for mod, text, cat, count in combos.iter_rows():
+        hits = [i for i, t in enumerate(topics) if t.matches(mod, cat or "", text)]
+        for i in hits:
+            totals[i] += count
+        if hits:
+            rows.append((mod, text, cat, hits))
+    table = pl.DataFrame(
+        rows, schema={"modality": pl.String, "text": pl.String, "category": pl.String, "topic": pl.List(pl.Int32)},
+        orient="row",
+    )
+    return table, totals / max(n_users, 1)
+
+
+def _tabular_stats(kept: pl.DataFrame, features: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    if not features:
+        return np.zeros(0), np.ones(0)
+    x = kept.select(features).to_numpy().astype(np.float64)
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    return mean, np.where(std > 0, std, 1.0)  # constant features standardise to 0, not NaN
+
+
+def _build_shard(
+    cfg: BuildConfig,
+    shard_users: pl.DataFrame,
+    ev: pl.DataFrame | None,
+    event_mods: list[str],
+    caps: Mapping[str, int],
+    features: list[str],
+    tab_stats: tuple[np.ndarray, np.ndarray],
+    topics: tuple[Topic, ...],
+    topic_map: pl.DataFrame,
+    topic_means: np.ndarray,
+    external: pl.DataFrame | None,
+    cutoff: dt.datetime,
+) -> tuple[pa.Table, int]:
+    """One shard's rows, in the shard's user order."""
+    base = shard_users.select("user_id")
+    hist = ev.filter(pl.col("window") == "history")
+    fut = ev.filter(pl.col("window") == "future")
+    columns: dict[str, pa.Array] = {"user_id": pa.array(base["user_id"].to_list(), pa.string())}
+    for m in event_mods:
+        seq = (
+            hist.filter(pl.col("modality") == m)
+            .sort(["user_id", "ts", "vid"])
+            .group_by("user_id", maintain_order=True)
+            .agg(
+                pl.col("vid").tail(caps[m]).cast(pl.Int32).alias("ids"),
+                pl.col("ts").tail(caps[m]).dt.cast_time_unit("ms").alias("ts"),
+                pl.len().cast(pl.Int32).alias("n"),
+            )
+        )
+        seq = base.join(seq, on="user_id", how="left", maintain_order="left")
+        columns[f"ev_{m}"] = seq["ids"].fill_null([]).to_arrow().cast(pa.list_(pa.int32()))
+        columns[f"ts_{m}"] = seq["ts"].fill_null([]).to_arrow().cast(pa.list_(pa.timestamp("ms")))
+        columns[f"n_{m}"] = seq["n"].fill_null(0).to_arrow().cast(pa.int32())
+    if features:
+        z = ((shard_users.select(features).to_numpy() - tab_stats[0]) / tab_stats[1]).astype(np.float32)
+        columns["tabular"] = pa.FixedSizeListArray.from_arrays(pa.array(z.ravel()), len(features))
+    else:
+        columns["tabular"] = pa.array([[] for _ in range(base.height)], pa.list_(pa.float32()))
+
+    pairs, dropped = _qa_pairs(cfg, base, hist, fut, topics, topic_map, topic_means, external, cutoff)
+    columns["qa_query"] = pa.array(pairs["query"], pa.list_(pa.string()))
+    columns["qa_answer"] = pa.array(pairs["answer"], pa.list_(pa.string()))
+    columns["qa_source"] = pa.array(pairs["source"], pa.list_(pa.string()))
+    schema = shard_schema(event_mods, len(features))
+    return pa.table(columns).cast(schema), dropped
+
+
+def _qa_pairs(cfg, base, hist, fut, topics, topic_map, topic_means, external, cutoff) -> tuple[dict, int]:
+    users = base["user_id"].to_list()
+    query: dict[str, list[str]] = {u: [] for u in users}
+    answer: dict[str, list[str]] = {u: [] for u in users}
+    source: dict[str, list[str]] = {u: [] for u in users}
+    dropped = 0
+
+    def add(u: str, q: str, a: str, s: str, facts: set[str] | None) -> None:
+        nonlocal dropped
+        if facts is not None:
+            a, n = qa.reflect(a, facts)
+            dropped += n
+            if not a:
+                return
+        query[u].append(q)
+        answer[u].append(a)
+        source[u].append(s)
+
+    future = _future_actions(cfg, fut, cutoff)
+    for u in users:
+        text, facts = qa.render_future(future.get(u, []), cfg.future_days, cfg.future_bins)
+        add(u, qa.FUTURE_QUERY, text, "future", facts)
+
+    ext_users: set[str] = set()
+    if external is not None:
+        ext = external.filter(pl.col("user_id").is_in(users))
+        for u, q, a in ext.iter_rows():
+            add(u, q, a, "external", None)
+            ext_users.add(u)
+    for u, t, stats in _topic_stats(cfg, hist, topics, topic_map, topic_means, cutoff):
+        if cfg.external_qa == "replace" and u in ext_users:
+            continue
+        text, facts = qa.render_topic(topics[t].name, stats, cfg.history_days)
+        add(u, topics[t].question, text, f"uqa:{topics[t].name}", facts)
+    return {
+        "query": [query[u] for u in users],
+        "answer": [answer[u] for u in users],
+        "source": [source[u] for u in users],
+    }, dropped
+
+
+def _future_actions(cfg: BuildConfig, fut: pl.DataFrame, cutoff: dt.datetime) -> dict[str, list[qa.FutureAction]]:
+    """Frequency- and diversity-aware selection: each category's top action first, then the rest."""
+    if fut.height == 0:
+        return {}
+    bin_width_us = cfg.future_days * 86_400_000_000 / cfg.future_bins
+    f = fut.with_columns(
+        pl.col("category").fill_null(pl.col("modality")),
+        ((pl.col("ts") - pl.lit(cutoff)).dt.total_microseconds() / bin_width_us).floor().cast(pl.Int32).clip(0, cfg.future_bins - 1).alias("bin"),
+    )
+    per_bin = f.group_by("user_id", "category", "text", "bin").agg(pl.len().alias("c"))
+    actions = (
+        per_bin.sort(["user_id", "category", "text", "c", "bin"], descending=[False, False, False, True, False])
+        .group_by("user_id", "category", "text", maintain_order=True)
+        .agg(pl.col("c").sum().alias("n"), pl.col("bin").first().alias("peak"))
+        .with_columns(pl.col("n").rank("ordinal", descending=True).over("user_id", "category").alias("r"))
+        .sort(["user_id", "r", "n", "text"], descending=[False, False, True, False])
+        .group_by("user_id", maintain_order=True)
+        .head(cfg.future_actions)
+    )
+    out: dict[str, list[qa.FutureAction]] = {}
+    for u, _cat, text, n, peak, _r in actions.iter_rows():
+        out.setdefault(u, []).append(qa.FutureAction(text, int(n), int(peak)))
+    return out
+
+
+def _topic_stats(cfg, hist, topics, topic_map, topic_means, cutoff):
+    """Yield (user, topic index, TopicStats) for each user's k most relevant topics."""
+    if hist.height == 0 or topic_map.height == 0:
+        return
+    m = (
+        hist.join(topic_map, on=["modality", "text", "category"], how="inner", nulls_equal=True)
+        .explode("topic")
+        .rename({"topic": "t"})
+    )
+    stats = m.group_by("user_id", "t").agg(
+        pl.len().alias("n"),
+        pl.col("ts").dt.date().n_unique().alias("days"),
+        pl.col("text").n_unique().alias("distinct"),
+        (pl.col("value") * 100).round().cast(pl.Int64).sum().alias("total_cents"),  # integer: order-independent
+        pl.col("value").count().alias("n_valued"),
+        pl.col("ts").max().alias("last"),
+        (pl.col("ts").dt.weekday() >= 6).sum().alias("weekend"),
+    )
+    means = pl.DataFrame({"t": np.arange(len(topic_means), dtype=np.int32), "mean": topic_means})
+    chosen = (
+        stats.join(means, on="t")
+        .with_columns((pl.col("n") / (pl.col("mean") + 1.0)).alias("relevance"))
+        .sort(["user_id", "relevance", "t"], descending=[False, True, False])
+        .group_by("user_id", maintain_order=True)
+        .head(cfg.topics_per_user)
+    )
+    top = (
+        m.join(chosen.select("user_id", "t"), on=["user_id", "t"])
+        .group_by("user_id", "t", "text")
+        .agg(pl.len().alias("c"))
+        .sort(["user_id", "t", "c", "text"], descending=[False, False, True, False])
+        .group_by("user_id", "t", maintain_order=True)
+        .head(3)
+        .group_by("user_id", "t", maintain_order=True)
+        .agg("text", "c")
+    )
+    top_lookup = {(u, t): list(zip(texts, cs)) for u, t, texts, cs in top.iter_rows()}
+    day_us = 86_400_000_000
+    for row in chosen.iter_rows(named=True):
+        last_days = int((cutoff - row["last"]).total_seconds() * 1_000_000 // day_us)
+        yield row["user_id"], int(row["t"]), qa.TopicStats(
+            n=int(row["n"]),
+            active_days=int(row["days"]),
+            distinct=int(row["distinct"]),
+            top=top_lookup[(row["user_id"], row["t"])],
+            total_cents=int(row["total_cents"]) if row["n_valued"] else None,
+            n_valued=int(row["n_valued"]),
+            last_days_ago=last_days,
+            weekend=int(row["weekend"]),
+        )
+
+
+def _collect_positives(ev: pl.DataFrame | None, scenarios: list[Scenario], cutoff, positives: dict[str, set[str]]) -> None:
+    if ev is None:
+        return
+    fut = ev.filter(pl.col("window") == "future")
+    for s in scenarios:
+        cond = pl.col("category").is_in(list(s.categories))
+        if s.modalities:
+            cond = cond & pl.col("modality").is_in(list(s.modalities))
+        positives[s.name].update(fut.filter(cond)["user_id"].unique().to_list())
+
+
+def _benchmark(
+    s: Scenario, kept: pl.DataFrame, positives: set[str], labels: pl.DataFrame | None, cfg: BuildConfig, skipped: dict
+) -> pa.Table:
+    ids = kept["user_id"].to_list()
+    given = labels.filter(pl.col("scenario") == s.name) if labels is not None else None
+    if given is not None and given.height:
+        known = set(ids)
+        missing = given.filter(~pl.col("user_id").is_in(ids)).height
+        _skip(skipped, f"labels_of_unknown_users:{s.name}", missing, f"labels of users not in the data set ({s.name})")
+        given = given.filter(pl.col("user_id").is_in(list(known)))
+        users, y = given["user_id"].to_list(), given["label"].to_numpy().astype(np.int8)
+    else:
+        users, y = ids, np.array([u in positives for u in ids], dtype=np.int8)
+    split = ["test" if stable_fraction(f"{cfg.split_seed}:{u}") < cfg.test_fraction else "train" for u in users]
+    order = np.argsort(np.array(users, dtype=str), kind="stable")
+    return pa.table(
+        {
+            "user_id": pa.array([users[i] for i in order], pa.string()),
+            "label": pa.array(y[order], pa.int8()),
+            "split": pa.array([split[i] for i in order], pa.string()),
+        },
+        schema=BENCHMARK_SCHEMA,
+    )

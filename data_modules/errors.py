@@ -1,0 +1,31 @@
+"""Errors raised for bad input: each names the file and the column or row at fault."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class DataError(ValueError):
+    """Bad input data. The message always starts with the file it concerns."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        problem: str,
+        *,
+        column: str | None = None,
+        row: int | str | None = None,
+        expected: str | None = None,
+    ) -> None:
+        where = str(path)
+        if column is not None:
+            where += f", column '{column}'"
+        if row is not None:
+            where += f", row {row}"
+        message = f"{where}: {problem}"
+        if expected:
+            message += f" (expected {expected})"
+        super().__init__(message)
+        self.path = str(path)
+        self.column = column
+        self.row = row

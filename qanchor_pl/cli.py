@@ -1,0 +1,144 @@
+"""``qanchor``: one command, one subcommand per job. It wires arguments to functions, nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+from data_modules.errors import DataError
+
+
+def _synth(args: argparse.Namespace) -> dict:
+    from data_modules.synth import write_world
+
+    return write_world(args.out, args.users, args.seed, activity=args.activity, n_files=args.files)
+
+
+def _build(args: argparse.Namespace) -> dict:
+    from data_modules.build import BuildConfig, build
+    from data_modules.schemas import parse_caps
+
+    cfg = BuildConfig(
+        raw=args.raw,
+        out=args.out,
+        events=args.events,
+        users=args.users,
+        scenarios=args.scenarios,
+        labels=args.labels,
+        qa=args.qa,
+        topics=args.topics,
+        modalities=tuple(args.modalities.split(",")),
+        cutoff=args.cutoff,
+        history_days=args.history_days,
+        future_days=args.future_days,
+        max_events=parse_caps(args.max_events),
+        users_per_shard=args.users_per_shard,
+        row_group_size=args.row_group_size,
+        topics_per_user=args.topics_per_user,
+        external_qa=args.external_qa,
+        test_fraction=args.test_fraction,
+        split_seed=args.split_seed,
+        tokenizer_vocab=args.tokenizer_vocab,
+    )
+    m = build(cfg)
+    return {"out": args.out, "counts": m.counts, "skipped": m.skipped, "cutoff": m.cutoff}
+
+
+def _encode(args: argparse.Namespace) -> dict:
+    from data_modules.encode import encode_dataset
+
+    return encode_dataset(
+        args.data, args.encoder, batch_size=args.batch_size, dim=args.dim, pooling=args.pooling, device=args.device
+    )
+
+
+def _bench_data(args: argparse.Namespace) -> dict:
+    from data_modules.bench import bench_data
+
+    return bench_data(
+        args.data,
+        workers=args.workers,
+        batch_size=args.batch_size,
+        batches=args.batches,
+        max_events=args.max_events,
+        tokenizer=args.tokenizer,
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qanchor", description="Query-as-Anchor user embeddings pipeline")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="write a synthetic Alipay-like raw data set")
+    s.add_argument("--out", required=True)
+    s.add_argument("--users", type=int, default=4000)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--activity", type=float, default=1.0, help="scale every event rate (4 fills the paper's caps)")
+    s.add_argument("--files", type=int, default=4, help="number of events parquet files")
+    s.set_defaults(func=_synth)
+
+    b = sub.add_parser("build", help="raw logs -> UserU shards, vocabularies, benchmarks, manifest")
+    b.add_argument("--raw", help="folder with events/, users.parquet, scenarios.json [, labels.parquet, qa.parquet]")
+    b.add_argument("--out", required=True)
+    for name in ("events", "users", "scenarios", "labels", "qa", "topics"):
+        b.add_argument(f"--{name}", help=f"path of the {name} input (overrides --raw)")
+    b.add_argument("--modalities", default="bill,mini,spm,app,search,tabular")
+    b.add_argument("--cutoff", help="ISO time splitting history from future (default: last day - future window)")
+    b.add_argument("--history-days", type=int, default=90)
+    b.add_argument("--future-days", type=int, default=30)
+    b.add_argument("--max-events", help="per-modality caps, e.g. bill=250,mini=150 or 'paper'")
+    b.add_argument("--users-per-shard", type=int, default=1024)
+    b.add_argument("--row-group-size", type=int, default=256)
+    b.add_argument("--topics-per-user", type=int, default=10)
+    b.add_argument("--external-qa", choices=["add", "replace"], default="add")
+    b.add_argument("--test-fraction", type=float, default=0.3)
+    b.add_argument("--split-seed", type=int, default=0)
+    b.add_argument("--tokenizer-vocab", type=int, default=4096)
+    b.set_defaults(func=_build)
+
+    e = sub.add_parser("encode", help="one vector per distinct event text (resumable)")
+    e.add_argument("--data", required=True)
+    e.add_argument("--encoder", default="hash", help="hash | minilm | PATH to a Hugging Face encoder folder")
+    e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--dim", type=int, default=64, help="output size of the hash encoder")
+    e.add_argument("--pooling", choices=["mean", "cls"], default=None, help="default: mean for minilm, cls for PATH")
+    e.add_argument("--device", default="cpu")
+    e.set_defaults(func=_encode)
+
+    bench = sub.add_parser("bench", help="benchmarks (JSON output)")
+    bsub = bench.add_subparsers(dest="what", required=True)
+    bd = bsub.add_parser("data", help="samples/s and peak memory of the streaming loader")
+    bd.add_argument("--data", required=True)
+    bd.add_argument("--workers", type=int, default=0)
+    bd.add_argument("--batch-size", type=int, default=32)
+    bd.add_argument("--batches", type=int, default=0, help="0 = one full epoch")
+    bd.add_argument("--max-events", help="loader-side caps (<= the build's), e.g. 'paper'")
+    bd.add_argument("--tokenizer", default=None, help="default: the data set's own tokenizer")
+    bd.add_argument("--json", action="store_true", help="print one JSON object (always JSON; kept for scripts)")
+    bd.set_defaults(func=_bench_data)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    t0 = time.perf_counter()
+    try:
+        result = args.func(args)
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if isinstance(result, dict) and args.command != "bench":
+        result.setdefault("seconds", round(time.perf_counter() - t0, 2))
+    print(json.dumps(result, indent=None if args.command == "bench" else 2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
