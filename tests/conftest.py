@@ -1,0 +1,44 @@
+"""Shared fixtures: small synthetic worlds built and encoded once per test session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from data_modules.build import BuildConfig, build
+from data_modules.encode import encode_dataset
+from data_modules.synth import write_world
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("PYTHONHASHSEED", "0")
+
+
+@pytest.fixture(scope="session")
+def raw_world(tmp_path_factory) -> Path:
+    """A 300-user synthetic raw data set."""
+    out = tmp_path_factory.mktemp("raw")
+    write_world(out, n_users=300, seed=7)
+    return out
+
+
+@pytest.fixture(scope="session")
+def built(raw_world, tmp_path_factory) -> Path:
+    """``raw_world`` built (100 users per shard, row groups of 32) and hash-encoded."""
+    out = tmp_path_factory.mktemp("data")
+    build(BuildConfig(raw=str(raw_world), out=str(out), users_per_shard=100, row_group_size=32, tokenizer_vocab=1024))
+    encode_dataset(out, "hash", dim=32)
+    return out
+
+
+def run_qanchor(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the real console entry point in a subprocess."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "qanchor_pl.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"qanchor {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
