@@ -1,0 +1,88 @@
+"""``qanchor encode``: deterministic hash vectors, real MiniLM offline, resume without re-encoding."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from data_modules.encode import HashEncoder, _encode_modality, encode_dataset, load_vectors
+from data_modules.manifest import Manifest
+
+
+def test_hash_encoder_is_deterministic_normalised_and_similarity_aware():
+    enc = HashEncoder(64)
+    a = enc(["Paid 20-50 CNY at Meituan Takeout", "Paid 20-50 CNY at Ele.me", "Used app WeChat"])
+    np.testing.assert_array_equal(a, enc(["Paid 20-50 CNY at Meituan Takeout", "Paid 20-50 CNY at Ele.me", "Used app WeChat"]))
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1, atol=1e-6)
+    assert a[0] @ a[1] > a[0] @ a[2]
+
+
+def test_vectors_match_vocabulary_and_are_float16(built):
+    m = Manifest.load(built)
+    for mod in m.event_modalities:
+        v = load_vectors(built, mod)
+        assert isinstance(v, np.memmap) and v.dtype == np.float16
+        assert v.shape == (m.counts["vocab"][mod], 32)
+        texts = pq.read_table(built / "vocab" / f"{mod}.parquet").column("text").to_pylist()
+        np.testing.assert_array_equal(v[:5], HashEncoder(32)(texts[:5]).astype(np.float16))
+        assert m.files[f"vectors/{mod}.npy"]["encoder"] == "hash-32"
+
+
+class _Interrupted(RuntimeError):
+    pass
+
+
+class _DiesAfter:
+    """The real hash encoder, interrupted (like a killed job) after ``n`` batches."""
+
+    def __init__(self, inner, n):
+        self.inner, self.n, self.calls = inner, n, 0
+        self.dim, self.name = inner.dim, inner.name
+
+    def __call__(self, texts):
+        self.calls += 1
+        if self.calls > self.n:
+            raise _Interrupted
+        return self.inner(texts)
+
+
+def test_encode_resumes_where_it_stopped(built, tmp_path):
+    root = tmp_path / "d"
+    shutil.copytree(built, root)
+    (root / "vectors" / "bill.npy").unlink()
+    n_texts = Manifest.load(root).counts["vocab"]["bill"]
+    with pytest.raises(_Interrupted):
+        _encode_modality(root, "bill", _DiesAfter(HashEncoder(32), 2), batch_size=8)
+    assert not (root / "vectors" / "bill.npy").exists()  # nothing half-written in place
+    counted = _DiesAfter(HashEncoder(32), 10**6)
+    done_now = _encode_modality(root, "bill", counted, batch_size=8)
+    assert done_now == n_texts - 16 and counted.calls == -(-(n_texts - 16) // 8)
+    np.testing.assert_array_equal(load_vectors(root, "bill"), load_vectors(built, "bill"))
+
+
+def test_finished_modalities_are_not_encoded_again(built, tmp_path):
+    root = tmp_path / "d"
+    shutil.copytree(built, root)
+    again = encode_dataset(root, "hash", dim=32)
+    assert set(again["encoded_rows"].values()) == {0}
+    other = encode_dataset(root, "hash", dim=16)  # a different encoder re-encodes everything
+    assert all(v > 0 for v in other["encoded_rows"].values())
+    assert Manifest.load(root).encoders["active"]["dim"] == 16
+
+
+def test_minilm_encodes_offline_from_the_packaged_weights(built, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    root = tmp_path / "d"
+    shutil.copytree(built, root)
+    out = encode_dataset(root, "minilm", batch_size=64)
+    assert out["dim"] == 384
+    v = load_vectors(root, "app").astype(np.float32)
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1, atol=2e-3)
+    texts = pq.read_table(root / "vocab" / "app.parquet").column("text").to_pylist()
+    music = [i for i, t in enumerate(texts) if "Music" in t]
+    other = [i for i, t in enumerate(texts) if "Music" not in t and "Music" not in t]
+    if len(music) >= 2:  # two music apps are closer to each other than to the average app
+        assert v[music[0]] @ v[music[1]] > np.mean([v[music[0]] @ v[j] for j in other])
