@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
-import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -29,7 +28,7 @@ import polars as pl
 import pyarrow as pa
 
 from data_modules import qa
-from data_modules.atomic import write_json, write_parquet
+from data_modules.atomic import write_parquet
 from data_modules.errors import DataError
 from data_modules.manifest import Manifest, file_entry
 from data_modules.raw import (
@@ -153,19 +152,33 @@ def build(cfg: BuildConfig) -> Manifest:
     with tempfile.TemporaryDirectory(dir=out, prefix=".build-") as tmp:
         part_dir = Path(tmp) / "by_shard"
         vocab_ids = pl.concat(
-            [v.select(pl.lit(m).alias("modality"), pl.col("text"), pl.col("id").alias("vid")) for m, v in vocab.items()]
+            [
+                v.select(pl.lit(m).alias("modality"), pl.col("text"), pl.col("id").alias("vid"))
+                for m, v in vocab.items()
+            ]
         )
         (
-            events.join(vocab_ids.lazy(), on=["modality", "text"], how="left")
-            .sink_parquet(pl.PartitionBy(part_dir, key="shard", include_key=True), mkdir=True)
+            events.join(vocab_ids.lazy(), on=["modality", "text"], how="left").sink_parquet(
+                pl.PartitionBy(part_dir, key="shard", include_key=True), mkdir=True
+            )
         )
         shard_dirs = {int(p.name.split("=")[1]): p for p in part_dir.glob("shard=*")}
         for k in range(n_shards):
             shard_users = shard_map.filter(pl.col("shard") == k).sort("order")
             shard_events = pl.read_parquet(shard_dirs[k] / "*.parquet") if k in shard_dirs else None
             table, dropped = _build_shard(
-                cfg, shard_users, shard_events, event_mods, caps, features, tab_stats, topics, topic_map,
-                topic_means, external, cutoff,
+                cfg,
+                shard_users,
+                shard_events,
+                event_mods,
+                caps,
+                features,
+                tab_stats,
+                topics,
+                topic_map,
+                topic_means,
+                external,
+                cutoff,
             )
             qa_dropped += dropped
             _collect_positives(shard_events, scenarios, cutoff, positives)
@@ -182,13 +195,17 @@ def build(cfg: BuildConfig) -> Manifest:
         files[name] = file_entry(out, name, table.num_rows)
         bench_counts[s.name] = {
             "users": table.num_rows,
-            "positive_rate": round(float(np.mean(table.column("label").to_numpy())) if table.num_rows else 0.0, 4),
+            "positive_rate": round(
+                float(np.mean(table.column("label").to_numpy())) if table.num_rows else 0.0, 4
+            ),
             "source": "labels" if labels is not None and s.name in set(labels["scenario"]) else "rule",
         }
     save_scenarios(out / "scenarios.json", scenarios)
     files["scenarios.json"] = file_entry(out, "scenarios.json", len(scenarios))
 
-    tok_dir = train_tokenizer(out, sorted(files), cfg.tokenizer_vocab, extra_texts=[s.query for s in scenarios])
+    tok_dir = train_tokenizer(
+        out, sorted(files), cfg.tokenizer_vocab, extra_texts=[s.query for s in scenarios]
+    )
     for p in sorted(tok_dir.iterdir()):
         rel = str(p.relative_to(out))
         files[rel] = file_entry(out, rel, None)
@@ -238,16 +255,25 @@ def _select_users(events: pl.LazyFrame, users: pl.DataFrame | None, skipped: dic
         base = per_user.select("user_id")
     else:
         unknown = per_user.join(users.select("user_id"), on="user_id", how="anti")
-        _skip(skipped, "events_of_unknown_users", int(unknown["n_events"].sum()), "events of users missing from the users table")
+        _skip(
+            skipped,
+            "events_of_unknown_users",
+            int(unknown["n_events"].sum()),
+            "events of users missing from the users table",
+        )
         base = users
-    joined = base.join(per_user, on="user_id", how="left").with_columns(pl.col("n_history", "n_events").fill_null(0))
+    joined = base.join(per_user, on="user_id", how="left").with_columns(
+        pl.col("n_history", "n_events").fill_null(0)
+    )
     no_events = joined.filter(pl.col("n_events") == 0).height
     no_history = joined.filter((pl.col("n_events") > 0) & (pl.col("n_history") == 0)).height
     _skip(skipped, "users_without_events", no_events, "users with no events at all")
     _skip(skipped, "users_without_history", no_history, "users with future events only")
     kept = joined.filter(pl.col("n_history") > 0).drop("n_history", "n_events")
     if kept.height == 0:
-        raise DataError("events", "no user has any history event before the cutoff", expected="--cutoff inside the data")
+        raise DataError(
+            "events", "no user has any history event before the cutoff", expected="--cutoff inside the data"
+        )
     return kept
 
 
@@ -256,7 +282,10 @@ def _assign_shards(kept: pl.DataFrame, users_per_shard: int) -> pl.DataFrame:
 
     Returns ``kept`` with ``shard`` and ``order`` (position in the hash order) columns added."""
     ids = kept["user_id"].to_list()
-    keys = np.array([int.from_bytes(hashlib.blake2b(u.encode(), digest_size=8).digest(), "big") for u in ids], dtype=np.uint64)
+    keys = np.array(
+        [int.from_bytes(hashlib.blake2b(u.encode(), digest_size=8).digest(), "big") for u in ids],
+        dtype=np.uint64,
+    )
     order = np.lexsort((np.array(ids, dtype=object).astype(str), keys))
     rank = np.empty(len(ids), dtype=np.int64)
     rank[order] = np.arange(len(ids))
@@ -279,7 +308,9 @@ def _write_vocabs(out: Path, combos: pl.DataFrame, event_mods: list[str]) -> dic
     return vocab
 
 
-def _topic_map(combos: pl.DataFrame, topics: tuple[Topic, ...], n_users: int) -> tuple[pl.DataFrame, np.ndarray]:
+def _topic_map(
+    combos: pl.DataFrame, topics: tuple[Topic, ...], n_users: int
+) -> tuple[pl.DataFrame, np.ndarray]:
     """Which topics each distinct (modality, text, category) matches, and each topic's mean events per user."""
     rows, totals = [], np.zeros(len(topics))
     for mod, text, cat, count in combos.iter_rows():
@@ -289,7 +320,8 @@ def _topic_map(combos: pl.DataFrame, topics: tuple[Topic, ...], n_users: int) ->
         if hits:
             rows.append((mod, text, cat, hits))
     table = pl.DataFrame(
-        rows, schema={"modality": pl.String, "text": pl.String, "category": pl.String, "topic": pl.List(pl.Int32)},
+        rows,
+        schema={"modality": pl.String, "text": pl.String, "category": pl.String, "topic": pl.List(pl.Int32)},
         orient="row",
     )
     return table, totals / max(n_users, 1)
@@ -392,18 +424,26 @@ def _qa_pairs(cfg, base, hist, fut, topics, topic_map, topic_means, external, cu
     }, dropped
 
 
-def _future_actions(cfg: BuildConfig, fut: pl.DataFrame, cutoff: dt.datetime) -> dict[str, list[qa.FutureAction]]:
+def _future_actions(
+    cfg: BuildConfig, fut: pl.DataFrame, cutoff: dt.datetime
+) -> dict[str, list[qa.FutureAction]]:
     """Frequency- and diversity-aware selection: each category's top action first, then the rest."""
     if fut.height == 0:
         return {}
     bin_width_us = cfg.future_days * 86_400_000_000 / cfg.future_bins
     f = fut.with_columns(
         pl.col("category").fill_null(pl.col("modality")),
-        ((pl.col("ts") - pl.lit(cutoff)).dt.total_microseconds() / bin_width_us).floor().cast(pl.Int32).clip(0, cfg.future_bins - 1).alias("bin"),
+        ((pl.col("ts") - pl.lit(cutoff)).dt.total_microseconds() / bin_width_us)
+        .floor()
+        .cast(pl.Int32)
+        .clip(0, cfg.future_bins - 1)
+        .alias("bin"),
     )
     per_bin = f.group_by("user_id", "category", "text", "bin").agg(pl.len().alias("c"))
     actions = (
-        per_bin.sort(["user_id", "category", "text", "c", "bin"], descending=[False, False, False, True, False])
+        per_bin.sort(
+            ["user_id", "category", "text", "c", "bin"], descending=[False, False, False, True, False]
+        )
         .group_by("user_id", "category", "text", maintain_order=True)
         .agg(pl.col("c").sum().alias("n"), pl.col("bin").first().alias("peak"))
         .with_columns(pl.col("n").rank("ordinal", descending=True).over("user_id", "category").alias("r"))
@@ -430,7 +470,11 @@ def _topic_stats(cfg, hist, topics, topic_map, topic_means, cutoff):
         pl.len().alias("n"),
         pl.col("ts").dt.date().n_unique().alias("days"),
         pl.col("text").n_unique().alias("distinct"),
-        (pl.col("value") * 100).round().cast(pl.Int64).sum().alias("total_cents"),  # integer: order-independent
+        (pl.col("value") * 100)
+        .round()
+        .cast(pl.Int64)
+        .sum()
+        .alias("total_cents"),  # integer: order-independent
         pl.col("value").count().alias("n_valued"),
         pl.col("ts").max().alias("last"),
         (pl.col("ts").dt.weekday() >= 6).sum().alias("weekend"),
@@ -457,19 +501,25 @@ def _topic_stats(cfg, hist, topics, topic_map, topic_means, cutoff):
     day_us = 86_400_000_000
     for row in chosen.iter_rows(named=True):
         last_days = int((cutoff - row["last"]).total_seconds() * 1_000_000 // day_us)
-        yield row["user_id"], int(row["t"]), qa.TopicStats(
-            n=int(row["n"]),
-            active_days=int(row["days"]),
-            distinct=int(row["distinct"]),
-            top=top_lookup[(row["user_id"], row["t"])],
-            total_cents=int(row["total_cents"]) if row["n_valued"] else None,
-            n_valued=int(row["n_valued"]),
-            last_days_ago=last_days,
-            weekend=int(row["weekend"]),
+        yield (
+            row["user_id"],
+            int(row["t"]),
+            qa.TopicStats(
+                n=int(row["n"]),
+                active_days=int(row["days"]),
+                distinct=int(row["distinct"]),
+                top=top_lookup[(row["user_id"], row["t"])],
+                total_cents=int(row["total_cents"]) if row["n_valued"] else None,
+                n_valued=int(row["n_valued"]),
+                last_days_ago=last_days,
+                weekend=int(row["weekend"]),
+            ),
         )
 
 
-def _collect_positives(ev: pl.DataFrame | None, scenarios: list[Scenario], cutoff, positives: dict[str, set[str]]) -> None:
+def _collect_positives(
+    ev: pl.DataFrame | None, scenarios: list[Scenario], cutoff, positives: dict[str, set[str]]
+) -> None:
     if ev is None:
         return
     fut = ev.filter(pl.col("window") == "future")
@@ -481,19 +531,31 @@ def _collect_positives(ev: pl.DataFrame | None, scenarios: list[Scenario], cutof
 
 
 def _benchmark(
-    s: Scenario, kept: pl.DataFrame, positives: set[str], labels: pl.DataFrame | None, cfg: BuildConfig, skipped: dict
+    s: Scenario,
+    kept: pl.DataFrame,
+    positives: set[str],
+    labels: pl.DataFrame | None,
+    cfg: BuildConfig,
+    skipped: dict,
 ) -> pa.Table:
     ids = kept["user_id"].to_list()
     given = labels.filter(pl.col("scenario") == s.name) if labels is not None else None
     if given is not None and given.height:
         known = set(ids)
         missing = given.filter(~pl.col("user_id").is_in(ids)).height
-        _skip(skipped, f"labels_of_unknown_users:{s.name}", missing, f"labels of users not in the data set ({s.name})")
+        _skip(
+            skipped,
+            f"labels_of_unknown_users:{s.name}",
+            missing,
+            f"labels of users not in the data set ({s.name})",
+        )
         given = given.filter(pl.col("user_id").is_in(list(known)))
         users, y = given["user_id"].to_list(), given["label"].to_numpy().astype(np.int8)
     else:
         users, y = ids, np.array([u in positives for u in ids], dtype=np.int8)
-    split = ["test" if stable_fraction(f"{cfg.split_seed}:{u}") < cfg.test_fraction else "train" for u in users]
+    split = [
+        "test" if stable_fraction(f"{cfg.split_seed}:{u}") < cfg.test_fraction else "train" for u in users
+    ]
     order = np.argsort(np.array(users, dtype=str), kind="stable")
     return pa.table(
         {

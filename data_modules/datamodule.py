@@ -80,13 +80,19 @@ class UserUDataModule(L.LightningDataModule):
             raise DataError(self.data / "manifest.json", "lists no shards")
         for name in shard_names:
             if self.manifest.files[name]["rows"] == 0:
-                raise DataError(self.data / name, "empty shard (0 rows) in the manifest; rebuild the data set")
+                raise DataError(
+                    self.data / name, "empty shard (0 rows) in the manifest; rebuild the data set"
+                )
         vectors = [f"{VECTORS_DIR}/{m}.npy" for m in self.manifest.event_modalities]
         if self.hparams.verify:
             self.manifest.verify(self.data, shard_names + vectors)
         self.caps = self._resolve_caps(self.hparams.max_events)
         spec = self._tokenizer_spec
-        self.tokenizer = load_tokenizer(self.data if spec is None else spec) if spec is None or isinstance(spec, (str, Path)) else spec
+        self.tokenizer = (
+            load_tokenizer(self.data if spec is None else spec)
+            if spec is None or isinstance(spec, (str, Path))
+            else spec
+        )
 
     def _resolve_caps(self, requested: str | dict[str, int] | None) -> dict[str, int]:
         built = dict(self.manifest.max_events)
@@ -95,7 +101,9 @@ class UserUDataModule(L.LightningDataModule):
         caps = parse_caps(requested) if isinstance(requested, str) else dict(requested)
         unknown = set(caps) - set(built)
         if unknown:
-            raise ValueError(f"max_events names unknown modalities {sorted(unknown)}; the data set has {sorted(built)}")
+            raise ValueError(
+                f"max_events names unknown modalities {sorted(unknown)}; the data set has {sorted(built)}"
+            )
         return {m: min(int(caps.get(m, built[m])), built[m]) for m in built}
 
     def _shard_paths(self) -> list[str]:
@@ -172,7 +180,11 @@ class ScenarioDataModule(UserUDataModule):
             return
         scenarios = {s.name: s for s in load_scenarios(self.data / "scenarios.json")}
         if self.scenario not in scenarios:
-            raise DataError(self.data / "scenarios.json", f"no scenario '{self.scenario}'", expected=f"one of {sorted(scenarios)}")
+            raise DataError(
+                self.data / "scenarios.json",
+                f"no scenario '{self.scenario}'",
+                expected=f"one of {sorted(scenarios)}",
+            )
         self.query = scenarios[self.scenario].query
         path = self.data / "benchmarks" / f"{self.scenario}.parquet"
         bench = pl.read_parquet(path)
@@ -183,7 +195,9 @@ class ScenarioDataModule(UserUDataModule):
                 raise DataError(path, f"no users in the '{split}' split")
             self._split_units[split] = scan_units(self._shard_paths(), labels)
 
-    def split_dataset(self, split: str, *, shuffle: bool, world_size: int = 1, rank: int = 0) -> UserStreamDataset:
+    def split_dataset(
+        self, split: str, *, shuffle: bool, world_size: int = 1, rank: int = 0
+    ) -> UserStreamDataset:
         self.setup()
         return UserStreamDataset(
             self.data,
@@ -204,12 +218,15 @@ class ScenarioDataModule(UserUDataModule):
 
     def train_dataloader(self) -> UserStreamLoader:
         world, rank = self._world()
-        return self._loader(self.split_dataset("train", shuffle=self.hparams.shuffle, world_size=world, rank=rank))
+        return self._loader(
+            self.split_dataset("train", shuffle=self.hparams.shuffle, world_size=world, rank=rank)
+        )
 
     def _eval_loader(self) -> UserStreamLoader:
         world, rank = self._world()
         return UserStreamLoader(
-            self.split_dataset("test", shuffle=False, world_size=world, rank=rank), num_workers=self.hparams.num_workers
+            self.split_dataset("test", shuffle=False, world_size=world, rank=rank),
+            num_workers=self.hparams.num_workers,
         )
 
     val_dataloader = test_dataloader = predict_dataloader = _eval_loader
@@ -219,10 +236,14 @@ class UserStreamLoader(StatefulDataLoader):
     """A StatefulDataLoader over a :class:`UserStreamDataset` that sets the dataset's epoch (from
     ``epoch_fn``, e.g. the trainer's current epoch, or :meth:`set_epoch`) before each pass."""
 
-    def __init__(self, dataset: UserStreamDataset, *, epoch_fn: Callable[[], int] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, dataset: UserStreamDataset, *, epoch_fn: Callable[[], int] | None = None, **kwargs: Any
+    ) -> None:
         kwargs.setdefault("persistent_workers", False)
         if kwargs["persistent_workers"]:
-            raise ValueError("persistent workers would keep a stale epoch; UserStreamLoader starts workers per epoch")
+            raise ValueError(
+                "persistent workers would keep a stale epoch; UserStreamLoader starts workers per epoch"
+            )
         super().__init__(dataset, batch_size=None, **kwargs)
         self._epoch_fn = epoch_fn
 

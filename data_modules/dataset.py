@@ -65,7 +65,9 @@ def scan_units(files: list[str], labels: dict[str, int] | None = None) -> Units:
     for k, path in enumerate(files):
         pf = open_parquet(path)
         if pf.metadata.num_rows == 0:
-            raise DataError(path, "empty shard (0 rows); `qanchor build` never writes one, rebuild the data set")
+            raise DataError(
+                path, "empty shard (0 rows); `qanchor build` never writes one, rebuild the data set"
+            )
         for g in range(pf.num_row_groups):
             n = pf.metadata.row_group(g).num_rows
             if labels is None:
@@ -140,6 +142,7 @@ class UserStreamDataset(IterableDataset):
         self._start_batch = 0  # batches of this epoch already served (set by load_state_dict)
         self._served = 0
         self._vectors: dict[str, np.ndarray] | None = None
+        self._query_cache: dict[str, list[int]] = {}  # queries repeat (templates, topics): tokenise once
         self._files: dict[int, pq.ParquetFile] = {}
         self._columns = ["user_id", *(f"ev_{m}" for m in self.event_modalities), "tabular"]
         if mode == "qa":
@@ -219,7 +222,9 @@ class UserStreamDataset(IterableDataset):
             yield batch
         self._start_batch = 0
 
-    def _collate(self, slots: np.ndarray, offsets: np.ndarray, order: np.ndarray, cache: dict) -> dict[str, Any]:
+    def _collate(
+        self, slots: np.ndarray, offsets: np.ndarray, order: np.ndarray, cache: dict
+    ) -> dict[str, Any]:
         labels = []
         for s in slots.tolist():
             if s not in cache:
@@ -249,27 +254,44 @@ class UserStreamDataset(IterableDataset):
         )
         if self.mode == "qa":
             queries, answers = [], []
-            for u, qs, ans in zip(user_ids, pieces.column("qa_query").to_pylist(), pieces.column("qa_answer").to_pylist()):
+            for u, qs, ans in zip(
+                user_ids, pieces.column("qa_query").to_pylist(), pieces.column("qa_answer").to_pylist()
+            ):
                 i = choose_pair(self.seed, self.epoch, u, len(qs))
                 queries.append(qs[i])
                 answers.append(ans[i])
             batch["query"], batch["answer"] = queries, answers
-            batch["query_ids"], batch["query_mask"] = self._tokenize(queries, self.max_query_tokens, eos=False)
-            batch["answer_ids"], batch["answer_mask"] = self._tokenize(answers, self.max_answer_tokens, eos=self.answer_eos)
+            batch["query_ids"], batch["query_mask"] = self._tokenize_queries(queries)
+            batch["answer_ids"], batch["answer_mask"] = self._tokenize(
+                answers, self.max_answer_tokens, eos=self.answer_eos
+            )
         else:
             queries = [self.scenario_query] * len(user_ids)
             batch["query"] = queries
-            batch["query_ids"], batch["query_mask"] = self._tokenize(queries, self.max_query_tokens, eos=False)
+            batch["query_ids"], batch["query_mask"] = self._tokenize_queries(queries)
             batch["label"] = torch.from_numpy(np.concatenate(labels)[perm])
         return batch
 
-    def _tokenize(self, texts: list[str], max_len: int, *, eos: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _token_ids(self, texts: list[str], max_len: int, *, eos: bool) -> list[list[int]]:
         tok = self.tokenizer
         eos_id = tok.eos_token_id if eos else None
         limit = max_len - (1 if eos_id is not None else 0)
         ids = tok(texts, add_special_tokens=False, truncation=True, max_length=limit)["input_ids"]
-        if eos_id is not None:
-            ids = [s + [eos_id] for s in ids]
-        pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+        return [s + [eos_id] for s in ids] if eos_id is not None else ids
+
+    def _padded(self, ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         arr, mask = pad_token_ids(ids, pad_id)
         return torch.from_numpy(arr), torch.from_numpy(mask)
+
+    def _tokenize(self, texts: list[str], max_len: int, *, eos: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._padded(self._token_ids(texts, max_len, eos=eos))
+
+    def _tokenize_queries(self, queries: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        cache = self._query_cache
+        missing = sorted({q for q in queries if q not in cache})
+        if missing:
+            if len(cache) > 100_000:  # bound memory when every query is unique (external QA)
+                cache.clear()
+            cache.update(zip(missing, self._token_ids(missing, self.max_query_tokens, eos=False)))
+        return self._padded([cache[q] for q in queries])

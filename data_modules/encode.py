@@ -57,7 +57,9 @@ class HashEncoder:
 class HFEncoder:
     """Any local Hugging Face encoder folder (gte-base in production), pooled and L2-normalised."""
 
-    def __init__(self, path: str | Path, *, pooling: str = "cls", device: str = "cpu", max_length: int = 128) -> None:
+    def __init__(
+        self, path: str | Path, *, pooling: str = "cls", device: str = "cpu", max_length: int = 128
+    ) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
@@ -70,7 +72,9 @@ class HFEncoder:
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         torch = self.torch
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        batch = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
         batch = {k: v.to(self.device) for k, v in batch.items()}
         with torch.inference_mode():
             hidden = self.model(**batch).last_hidden_state
@@ -88,7 +92,9 @@ def make_encoder(spec: str, *, dim: int = 64, pooling: str | None = None, device
     if spec == "minilm":
         return HFEncoder(minilm_path(), pooling=pooling or "mean", device=device)
     if not Path(spec).is_dir():
-        raise FileNotFoundError(f"--encoder {spec}: expected 'hash', 'minilm' or a local Hugging Face model folder")
+        raise FileNotFoundError(
+            f"--encoder {spec}: expected 'hash', 'minilm' or a local Hugging Face model folder"
+        )
     return HFEncoder(spec, pooling=pooling or "cls", device=device)
 
 
@@ -126,7 +132,13 @@ def _encode_modality(root: Path, modality: str, encoder, batch_size: int) -> int
 
 
 def encode_dataset(
-    data: str | Path, spec: str = "hash", *, batch_size: int = 256, dim: int = 64, pooling: str | None = None, device: str = "cpu"
+    data: str | Path,
+    spec: str = "hash",
+    *,
+    batch_size: int = 256,
+    dim: int = 64,
+    pooling: str | None = None,
+    device: str = "cpu",
 ) -> dict:
     """Fill every vocabulary of a built data set with vectors; record them in the manifest."""
     root = Path(data)

@@ -52,7 +52,9 @@ class Manifest:
             raise DataError(path, f"not valid JSON: {err}") from None
         if raw.get("schema_version") != SCHEMA_VERSION:
             raise DataError(
-                path, f"schema_version {raw.get('schema_version')}", expected=f"{SCHEMA_VERSION} (rebuild the data set)"
+                path,
+                f"schema_version {raw.get('schema_version')}",
+                expected=f"{SCHEMA_VERSION} (rebuild the data set)",
             )
         return cls(**raw)
 
@@ -70,7 +72,11 @@ class Manifest:
                 raise DataError(path, "listed in the manifest but missing")
             size = path.stat().st_size
             if size != entry["bytes"]:
-                raise DataError(path, f"size {size} bytes differs from the manifest's {entry['bytes']} (truncated?)")
+                raise DataError(
+                    path, f"size {size} bytes differs from the manifest's {entry['bytes']} (truncated?)"
+                )
             digest = sha256_file(path)
             if digest != entry["sha256"]:
-                raise DataError(path, f"checksum mismatch: sha256 {digest[:12]}... != manifest {entry['sha256'][:12]}...")
+                raise DataError(
+                    path, f"checksum mismatch: sha256 {digest[:12]}... != manifest {entry['sha256'][:12]}..."
+                )

@@ -102,7 +102,15 @@ def render_topic(topic_name: str, s: TopicStats, history_days: int) -> tuple[str
     """A D_uqa answer for one topic, and the facts (numbers) it may state."""
     per_week = fmt_rate(s.n / (history_days / 7))
     weekend_pct = str(round(100 * s.weekend / s.n))
-    facts = {str(history_days), str(s.n), per_week, str(s.active_days), str(s.distinct), str(s.last_days_ago), weekend_pct}
+    facts = {
+        str(history_days),
+        str(s.n),
+        per_week,
+        str(s.active_days),
+        str(s.distinct),
+        str(s.last_days_ago),
+        weekend_pct,
+    }
     events = "event" if s.n == 1 else "events"
     actions = "action" if s.distinct == 1 else "actions"
     out = [
@@ -117,5 +125,7 @@ def render_topic(topic_name: str, s: TopicStats, history_days: int) -> tuple[str
         facts |= {total, avg}
         out.append(f"Amounts: {total} CNY in total, {avg} CNY on average.")
     days = "day" if s.last_days_ago == 1 else "days"
-    out.append(f"The most recent was {s.last_days_ago} {days} before the cutoff; {weekend_pct}% fell on weekends.")
+    out.append(
+        f"The most recent was {s.last_days_ago} {days} before the cutoff; {weekend_pct}% fell on weekends."
+    )
     return " ".join(out), facts

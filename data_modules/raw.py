@@ -62,7 +62,9 @@ class RawInputs:
 
         events_path = pick(events, "events", "events.parquet")
         if events_path is None:
-            raise DataError(raw or "<no --raw>", "no events found", expected="events/*.parquet or events.parquet")
+            raise DataError(
+                raw or "<no --raw>", "no events found", expected="events/*.parquet or events.parquet"
+            )
         if events_path.is_dir():
             files = sorted(events_path.glob("*.parquet"))
             if not files:
@@ -116,10 +118,12 @@ def scan_events(inputs: RawInputs, event_mods: list[str]) -> pl.LazyFrame:
             pl.col("modality").cast(pl.String),
             ts.dt.cast_time_unit("us").alias("ts"),
             pl.col("text").cast(pl.String),
-            (pl.col("category").cast(pl.String) if "category" in schema.names else pl.lit(None, pl.String)).alias(
-                "category"
+            (
+                pl.col("category").cast(pl.String) if "category" in schema.names else pl.lit(None, pl.String)
+            ).alias("category"),
+            (pl.col("value").cast(pl.Float64) if "value" in schema.names else pl.lit(None, pl.Float64)).alias(
+                "value"
             ),
-            (pl.col("value").cast(pl.Float64) if "value" in schema.names else pl.lit(None, pl.Float64)).alias("value"),
         )
         _check_event_rows(path, lf, event_mods)
         frames.append(lf)
@@ -201,7 +205,9 @@ def read_labels(path: Path, scenario_names: set[str]) -> pl.DataFrame:
     schema = read_schema(path)
     check_columns(path, schema, LABELS_COLUMNS)
     df = pl.read_parquet(path, columns=["user_id", "scenario", "label"]).with_row_index("row")
-    df = df.with_columns(pl.col("user_id").cast(pl.String), pl.col("scenario").cast(pl.String), pl.col("label").cast(pl.Int64))
+    df = df.with_columns(
+        pl.col("user_id").cast(pl.String), pl.col("scenario").cast(pl.String), pl.col("label").cast(pl.Int64)
+    )
     bad = df.filter(~pl.col("label").is_in([0, 1]) | pl.col("label").is_null()).head(1)
     if bad.height:
         r = bad.row(0, named=True)
@@ -209,8 +215,13 @@ def read_labels(path: Path, scenario_names: set[str]) -> pl.DataFrame:
     unknown = df.filter(~pl.col("scenario").is_in(sorted(scenario_names))).head(1)
     if unknown.height:
         r = unknown.row(0, named=True)
-        raise DataError(path, f"unknown scenario '{r['scenario']}'", column="scenario", row=r["row"],
-                        expected=f"one of {sorted(scenario_names)}")
+        raise DataError(
+            path,
+            f"unknown scenario '{r['scenario']}'",
+            column="scenario",
+            row=r["row"],
+            expected=f"one of {sorted(scenario_names)}",
+        )
     dup = df.filter(pl.struct("user_id", "scenario").is_duplicated()).head(2)
     if dup.height:
         r = dup.row(1, named=True)

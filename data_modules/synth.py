@@ -55,49 +55,158 @@ SEARCH = "Searched '{item}'"
 
 CATALOG: tuple[Activity, ...] = (
     # --- bill: payments -------------------------------------------------------------------------
-    _a("takeout", "bill", PAY, ["Meituan Takeout", "Ele.me", "KFC Delivery", "Luckin Coffee Delivery",
-       "Pizza Hut Delivery", "Hema Fresh Delivery"], 0.012, 35, foodie=1.0, young=0.4, activity=0.4),
-    _a("grocery", "bill", PAY, ["Walmart", "Carrefour", "FamilyMart", "Lawson", "Wumart"], 0.18, 60, thrift=0.3),
-    _a("dining", "bill", PAY, ["Haidilao Hotpot", "Xibei Restaurant", "Din Tai Fung", "Local Noodle Shop"],
-       0.06, 120, foodie=0.5, wealth=0.4),
+    _a(
+        "takeout",
+        "bill",
+        PAY,
+        [
+            "Meituan Takeout",
+            "Ele.me",
+            "KFC Delivery",
+            "Luckin Coffee Delivery",
+            "Pizza Hut Delivery",
+            "Hema Fresh Delivery",
+        ],
+        0.012,
+        35,
+        foodie=1.0,
+        young=0.4,
+        activity=0.4,
+    ),
+    _a(
+        "grocery",
+        "bill",
+        PAY,
+        ["Walmart", "Carrefour", "FamilyMart", "Lawson", "Wumart"],
+        0.18,
+        60,
+        thrift=0.3,
+    ),
+    _a(
+        "dining",
+        "bill",
+        PAY,
+        ["Haidilao Hotpot", "Xibei Restaurant", "Din Tai Fung", "Local Noodle Shop"],
+        0.06,
+        120,
+        foodie=0.5,
+        wealth=0.4,
+    ),
     _a("transit", "bill", PAY, ["Metro Line Card", "City Bus", "Shared Bike"], 0.35, 4, young=0.3),
     _a("ride_hailing", "bill", PAY, ["DiDi Chuxing", "Gaode Taxi"], 0.04, 30, wealth=0.5),
     _a("utilities", "bill", PAY, ["State Grid Electricity", "City Water", "China Mobile Top-up"], 0.03, 150),
     _a("concert", "bill", PAY, ["Damai Concert Tickets", "Maoyan Live Show"], 0.0005, 480, culture=1.3),
     _a("movies", "bill", PAY, ["Maoyan Movies", "Wanda Cinema"], 0.02, 45, culture=0.8, young=0.3),
-    _a("brand_shopping", "bill", PAY, ["Nike Store", "Apple Store", "Uniqlo", "Starbucks"], 0.03, 300,
-       brand=1.0, wealth=0.5),
-    _a("value_shopping", "bill", PAY, ["Pinduoduo", "Taobao Special Offers", "1688 Wholesale"], 0.06, 25,
-       thrift=1.0),
+    _a(
+        "brand_shopping",
+        "bill",
+        PAY,
+        ["Nike Store", "Apple Store", "Uniqlo", "Starbucks"],
+        0.03,
+        300,
+        brand=1.0,
+        wealth=0.5,
+    ),
+    _a(
+        "value_shopping",
+        "bill",
+        PAY,
+        ["Pinduoduo", "Taobao Special Offers", "1688 Wholesale"],
+        0.06,
+        25,
+        thrift=1.0,
+    ),
     _a("transfer", "bill", "Transferred {band} CNY to a contact", ["contact"], 0.06, 200, social=0.5),
-    _a("risky_transfer", "bill", "Transferred {band} CNY to a new payee at night", ["payee"], 0.003, 800,
-       risk=1.6),
-    _a("inbound_transfers", "bill", "Received {band} CNY from several accounts", ["accounts"], 0.002, 3000,
-       launder=1.7),
+    _a(
+        "risky_transfer",
+        "bill",
+        "Transferred {band} CNY to a new payee at night",
+        ["payee"],
+        0.003,
+        800,
+        risk=1.6,
+    ),
+    _a(
+        "inbound_transfers",
+        "bill",
+        "Received {band} CNY from several accounts",
+        ["accounts"],
+        0.002,
+        3000,
+        launder=1.7,
+    ),
     _a("fraud_flag", "bill", "Payment held by risk control", ["risk control"], 0.0003, risk=1.8),
     _a("aml_flag", "bill", "Account reviewed by compliance", ["compliance"], 0.0003, launder=1.8),
     # --- mini: mini programs --------------------------------------------------------------------
     _a("mini_takeout", "mini", MINI, ["Meituan Waimai", "Ele.me Mini"], 0.005, foodie=0.9, young=0.3),
-    _a("brand_campaign", "mini", "Joined brand campaign of {item}", ["Nike", "Starbucks", "L'Oreal",
-       "Coca-Cola", "Apple"], 0.003, brand=1.5),
-    _a("big_sale", "mini", "Browsed big-sale event {item}", ["Double 11 Festival", "618 Mid-year Sale",
-       "Spring Shopping Week"], 0.007, promo=1.4),
-    _a("value_deals", "mini", "Claimed cost-performance coupon at {item}", ["Pinduoduo Deals",
-       "Taobao Value Zone", "Daily Discount"], 0.003, thrift=1.4),
+    _a(
+        "brand_campaign",
+        "mini",
+        "Joined brand campaign of {item}",
+        ["Nike", "Starbucks", "L'Oreal", "Coca-Cola", "Apple"],
+        0.003,
+        brand=1.5,
+    ),
+    _a(
+        "big_sale",
+        "mini",
+        "Browsed big-sale event {item}",
+        ["Double 11 Festival", "618 Mid-year Sale", "Spring Shopping Week"],
+        0.007,
+        promo=1.4,
+    ),
+    _a(
+        "value_deals",
+        "mini",
+        "Claimed cost-performance coupon at {item}",
+        ["Pinduoduo Deals", "Taobao Value Zone", "Daily Discount"],
+        0.003,
+        thrift=1.4,
+    ),
     _a("mini_health", "mini", MINI, ["Health Code", "Hospital Booking", "Pharmacy"], 0.02),
     _a("mini_games", "mini", MINI, ["Happy Match", "Farm Story", "Word Puzzle"], 0.03, young=0.8),
     _a("mini_gov", "mini", MINI, ["Social Security", "Tax Service", "Vehicle Registry"], 0.01, young=-0.5),
     # --- spm: in-app navigation paths -----------------------------------------------------------
     _a("login", "spm", "{item}", ["Alipay > login > home", "Alipay > login > scan"], 0.02, activity=1.3),
-    _a("forest", "spm", "{item}", ["Ant Forest > collect energy", "Ant Forest > water a friend's tree",
-       "Ant Forest > plant a tree"], 0.008, green=1.4),
-    _a("community", "spm", "{item}", ["Interest community > browse posts", "Interest community > like",
-       "Interest community > comment", "Interest community > post"], 0.005, social=1.2, culture=0.4),
-    _a("wealth_page", "spm", "{item}", ["Wealth > funds > fund details", "Wealth > Yu'e Bao"], 0.03,
-       wealth=0.9),
+    _a(
+        "forest",
+        "spm",
+        "{item}",
+        ["Ant Forest > collect energy", "Ant Forest > water a friend's tree", "Ant Forest > plant a tree"],
+        0.008,
+        green=1.4,
+    ),
+    _a(
+        "community",
+        "spm",
+        "{item}",
+        [
+            "Interest community > browse posts",
+            "Interest community > like",
+            "Interest community > comment",
+            "Interest community > post",
+        ],
+        0.005,
+        social=1.2,
+        culture=0.4,
+    ),
+    _a(
+        "wealth_page",
+        "spm",
+        "{item}",
+        ["Wealth > funds > fund details", "Wealth > Yu'e Bao"],
+        0.03,
+        wealth=0.9,
+    ),
     _a("bills_page", "spm", "{item}", ["Me > bills > monthly summary"], 0.04, thrift=0.4),
-    _a("concert_page", "spm", "{item}", ["Damai > concert listings", "Damai > artist page"], 0.0007,
-       culture=1.3),
+    _a(
+        "concert_page",
+        "spm",
+        "{item}",
+        ["Damai > concert listings", "Damai > artist page"],
+        0.0007,
+        culture=1.3,
+    ),
     _a("promo_page", "spm", "{item}", ["Home > big-sale venue", "Home > red packet rain"], 0.01, promo=1.0),
     # --- app: installed / used apps -------------------------------------------------------------
     _a("app_social", "app", APP, ["WeChat", "Weibo", "Xiaohongshu"], 0.1, social=0.6),
@@ -105,8 +214,15 @@ CATALOG: tuple[Activity, ...] = (
     _a("app_music", "app", APP, ["NetEase Cloud Music", "QQ Music", "Damai"], 0.03, culture=1.0),
     _a("app_shopping", "app", APP, ["Taobao", "JD", "Pinduoduo"], 0.08, promo=0.5, thrift=0.4),
     _a("app_finance", "app", APP, ["Tonghuashun", "Futu", "Bank App"], 0.02, wealth=1.0),
-    _a("app_risky", "app", APP, ["Unverified Loan App", "Remote Control Helper", "Crypto OTC"], 0.002,
-       risk=1.5, launder=0.6),
+    _a(
+        "app_risky",
+        "app",
+        APP,
+        ["Unverified Loan App", "Remote Control Helper", "Crypto OTC"],
+        0.002,
+        risk=1.5,
+        launder=0.6,
+    ),
     _a("app_green", "app", APP, ["Low-carbon Life", "Bike Sharing"], 0.01, green=1.0),
     # --- search: on-platform queries ------------------------------------------------------------
     _a("search_food", "search", SEARCH, ["takeout near me", "milk tea", "hotpot"], 0.02, foodie=0.8),
@@ -191,7 +307,9 @@ def generate(n_users: int, seed: int, *, activity: float = 1.0) -> tuple[pa.Tabl
     n_items = np.array([len(a.items) for a in CATALOG])
     favourite = (rng.random((n_users, n_act)) * n_items).astype(np.int64)
     pick_fav = rng.random(n_events) < 0.7
-    item_idx = np.where(pick_fav, favourite[user_idx, act_idx], (rng.random(n_events) * n_items[act_idx]).astype(np.int64))
+    item_idx = np.where(
+        pick_fav, favourite[user_idx, act_idx], (rng.random(n_events) * n_items[act_idx]).astype(np.int64)
+    )
 
     # Amounts: log-normal around the activity's median, shifted by wealth.
     median = np.array([a.amount or 0.0 for a in CATALOG])
@@ -211,7 +329,9 @@ def generate(n_users: int, seed: int, *, activity: float = 1.0) -> tuple[pa.Tabl
     n_bands = np.array([len(BAND_NAMES) if a.amount else 1 for a in CATALOG])
     text_idx = offsets[act_idx] + item_idx * n_bands[act_idx] + np.where(has_amount, band, 0)
 
-    day = np.where(is_future, HISTORY_DAYS, 0) + rng.random(n_events) * np.where(is_future, FUTURE_DAYS, HISTORY_DAYS)
+    day = np.where(is_future, HISTORY_DAYS, 0) + rng.random(n_events) * np.where(
+        is_future, FUTURE_DAYS, HISTORY_DAYS
+    )
     start_us = int(START.replace(tzinfo=dt.timezone.utc).timestamp() * 1_000_000)
     ts = start_us + (day * 86_400_000_000).astype(np.int64)
 
@@ -224,13 +344,15 @@ def generate(n_users: int, seed: int, *, activity: float = 1.0) -> tuple[pa.Tabl
                 pa.array(act_idx[order].astype(np.int32)), pa.array([a.modality for a in CATALOG])
             ).cast(pa.string()),
             "ts": pa.array(ts[order], type=pa.timestamp("us")),
-            "text": pa.DictionaryArray.from_arrays(pa.array(text_idx[order].astype(np.int32)), pa.array(text_table)).cast(
-                pa.string()
-            ),
+            "text": pa.DictionaryArray.from_arrays(
+                pa.array(text_idx[order].astype(np.int32)), pa.array(text_table)
+            ).cast(pa.string()),
             "category": pa.DictionaryArray.from_arrays(
                 pa.array(act_idx[order].astype(np.int32)), pa.array([a.category for a in CATALOG])
             ).cast(pa.string()),
-            "value": pa.array(np.where(has_amount, np.round(amount, 2), np.nan)[order], mask=~has_amount[order]),
+            "value": pa.array(
+                np.where(has_amount, np.round(amount, 2), np.nan)[order], mask=~has_amount[order]
+            ),
         }
     )
     users = pa.table({"user_id": pa.array(user_ids), **_tabular(rng, traits)})

@@ -33,7 +33,9 @@ def _texts(root: Path, shard_names: Iterable[str], extra: list[str]) -> Iterator
                     yield from items
 
 
-def train_tokenizer(root: str | Path, shard_names: Iterable[str], vocab_size: int, extra_texts: list[str]) -> Path:
+def train_tokenizer(
+    root: str | Path, shard_names: Iterable[str], vocab_size: int, extra_texts: list[str]
+) -> Path:
     """Train and save a byte-level BPE under ``root/tokenizer``; returns that folder."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -78,5 +80,7 @@ def load_tokenizer(name_or_path: str | Path):
     if (path / TOKENIZER_DIR / "tokenizer.json").exists():
         path = path / TOKENIZER_DIR
     if (path / "tokenizer.json").exists() and not (path / "config.json").exists():
-        return PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json"), pad_token=PAD, eos_token=EOS)
+        return PreTrainedTokenizerFast(
+            tokenizer_file=str(path / "tokenizer.json"), pad_token=PAD, eos_token=EOS
+        )
     return AutoTokenizer.from_pretrained(path)

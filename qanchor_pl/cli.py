@@ -51,7 +51,12 @@ def _encode(args: argparse.Namespace) -> dict:
     from data_modules.encode import encode_dataset
 
     return encode_dataset(
-        args.data, args.encoder, batch_size=args.batch_size, dim=args.dim, pooling=args.pooling, device=args.device
+        args.data,
+        args.encoder,
+        batch_size=args.batch_size,
+        dim=args.dim,
+        pooling=args.pooling,
+        device=args.device,
     )
 
 
@@ -77,17 +82,23 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--users", type=int, default=4000)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--activity", type=float, default=1.0, help="scale every event rate (4 fills the paper's caps)")
+    s.add_argument(
+        "--activity", type=float, default=1.0, help="scale every event rate (4 fills the paper's caps)"
+    )
     s.add_argument("--files", type=int, default=4, help="number of events parquet files")
     s.set_defaults(func=_synth)
 
     b = sub.add_parser("build", help="raw logs -> UserU shards, vocabularies, benchmarks, manifest")
-    b.add_argument("--raw", help="folder with events/, users.parquet, scenarios.json [, labels.parquet, qa.parquet]")
+    b.add_argument(
+        "--raw", help="folder with events/, users.parquet, scenarios.json [, labels.parquet, qa.parquet]"
+    )
     b.add_argument("--out", required=True)
     for name in ("events", "users", "scenarios", "labels", "qa", "topics"):
         b.add_argument(f"--{name}", help=f"path of the {name} input (overrides --raw)")
     b.add_argument("--modalities", default="bill,mini,spm,app,search,tabular")
-    b.add_argument("--cutoff", help="ISO time splitting history from future (default: last day - future window)")
+    b.add_argument(
+        "--cutoff", help="ISO time splitting history from future (default: last day - future window)"
+    )
     b.add_argument("--history-days", type=int, default=90)
     b.add_argument("--future-days", type=int, default=30)
     b.add_argument("--max-events", help="per-modality caps, e.g. bill=250,mini=150 or 'paper'")
@@ -105,7 +116,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--encoder", default="hash", help="hash | minilm | PATH to a Hugging Face encoder folder")
     e.add_argument("--batch-size", type=int, default=256)
     e.add_argument("--dim", type=int, default=64, help="output size of the hash encoder")
-    e.add_argument("--pooling", choices=["mean", "cls"], default=None, help="default: mean for minilm, cls for PATH")
+    e.add_argument(
+        "--pooling", choices=["mean", "cls"], default=None, help="default: mean for minilm, cls for PATH"
+    )
     e.add_argument("--device", default="cpu")
     e.set_defaults(func=_encode)
 
@@ -118,7 +131,9 @@ def _parser() -> argparse.ArgumentParser:
     bd.add_argument("--batches", type=int, default=0, help="0 = one full epoch")
     bd.add_argument("--max-events", help="loader-side caps (<= the build's), e.g. 'paper'")
     bd.add_argument("--tokenizer", default=None, help="default: the data set's own tokenizer")
-    bd.add_argument("--json", action="store_true", help="print one JSON object (always JSON; kept for scripts)")
+    bd.add_argument(
+        "--json", action="store_true", help="print one JSON object (always JSON; kept for scripts)"
+    )
     bd.set_defaults(func=_bench_data)
     return p
 

@@ -29,7 +29,11 @@ def raw_world(tmp_path_factory) -> Path:
 def built(raw_world, tmp_path_factory) -> Path:
     """``raw_world`` built (100 users per shard, row groups of 32) and hash-encoded."""
     out = tmp_path_factory.mktemp("data")
-    build(BuildConfig(raw=str(raw_world), out=str(out), users_per_shard=100, row_group_size=32, tokenizer_vocab=1024))
+    build(
+        BuildConfig(
+            raw=str(raw_world), out=str(out), users_per_shard=100, row_group_size=32, tokenizer_vocab=1024
+        )
+    )
     encode_dataset(out, "hash", dim=32)
     return out
 

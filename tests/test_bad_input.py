@@ -50,7 +50,11 @@ def _raw(tmp_path, events=None, users=None):
 
 
 def _build(raw, tmp_path, **kw):
-    return build(BuildConfig(raw=str(raw), out=str(tmp_path / "data"), cutoff=CUT.isoformat(), tokenizer_vocab=300, **kw))
+    return build(
+        BuildConfig(
+            raw=str(raw), out=str(tmp_path / "data"), cutoff=CUT.isoformat(), tokenizer_vocab=300, **kw
+        )
+    )
 
 
 def test_missing_column_names_file_and_column(tmp_path):
@@ -61,13 +65,17 @@ def test_missing_column_names_file_and_column(tmp_path):
 
 def test_mistyped_column_names_file_column_and_expected_type(tmp_path):
     raw = _raw(tmp_path, events=_events(ts=["2026-03-01"] * 5))
-    with pytest.raises(DataError, match=r"part-0\.parquet, column 'ts': has type string \(expected timestamp\)"):
+    with pytest.raises(
+        DataError, match=r"part-0\.parquet, column 'ts': has type string \(expected timestamp\)"
+    ):
         _build(raw, tmp_path)
 
 
 def test_unknown_modality_names_file_row_and_value(tmp_path):
     raw = _raw(tmp_path, events=_events(modality=["bill", "app", "bill", "radio", "bill"]))
-    with pytest.raises(DataError, match=r"part-0\.parquet, column 'modality', row 3: unknown modality 'radio'"):
+    with pytest.raises(
+        DataError, match=r"part-0\.parquet, column 'modality', row 3: unknown modality 'radio'"
+    ):
         _build(raw, tmp_path)
 
 
@@ -82,7 +90,9 @@ def test_truncated_parquet_names_the_file(tmp_path):
 def test_nan_or_inf_tabular_names_column_and_row(tmp_path):
     for bad in (float("nan"), float("inf")):
         raw = _raw(tmp_path, users=_users(balance=[1.0, bad, 3.0]))
-        with pytest.raises(DataError, match=r"users\.parquet, column 'balance', row 1: non-finite tabular value"):
+        with pytest.raises(
+            DataError, match=r"users\.parquet, column 'balance', row 1: non-finite tabular value"
+        ):
             _build(raw, tmp_path)
 
 
@@ -94,7 +104,9 @@ def test_duplicate_user_ids_name_the_user_and_row(tmp_path):
 
 def test_non_numeric_tabular_feature_is_an_error(tmp_path):
     raw = _raw(tmp_path, users=_users(age=["x", "y", "z"]))
-    with pytest.raises(DataError, match=r"column 'age': has type string \(expected a numeric tabular feature\)"):
+    with pytest.raises(
+        DataError, match=r"column 'age': has type string \(expected a numeric tabular feature\)"
+    ):
         _build(raw, tmp_path)
 
 
@@ -122,7 +134,9 @@ def test_cli_reports_bad_input_with_exit_code_2(tmp_path):
     raw = _raw(tmp_path, events=_events(modality=["bill", "tv", "bill", "app", "bill"]))
     proc = run_qanchor("build", "--raw", str(raw), "--out", str(tmp_path / "d"), check=False)
     assert proc.returncode == 2
-    assert "error:" in proc.stderr and "unknown modality 'tv'" in proc.stderr and "part-0.parquet" in proc.stderr
+    assert (
+        "error:" in proc.stderr and "unknown modality 'tv'" in proc.stderr and "part-0.parquet" in proc.stderr
+    )
 
 
 @pytest.fixture

@@ -25,7 +25,9 @@ def _shards(root):
 def test_manifest_lists_every_file_with_rows_and_checksums(built):
     m = Manifest.load(built)
     m.verify(built)  # raises on any mismatch
-    on_disk = {str(p.relative_to(built)) for p in built.rglob("*") if p.is_file() and p.name != "manifest.json"}
+    on_disk = {
+        str(p.relative_to(built)) for p in built.rglob("*") if p.is_file() and p.name != "manifest.json"
+    }
     assert on_disk == set(m.files)
     assert m.schema_version == 1 and m.modalities[-1] == "tabular"
     shards = m.shard_files
@@ -104,7 +106,15 @@ def test_benchmark_labels_follow_the_rule_with_a_user_disjoint_split(built, raw_
 
 
 def test_build_is_deterministic(raw_world, built, tmp_path):
-    build(BuildConfig(raw=str(raw_world), out=str(tmp_path), users_per_shard=100, row_group_size=32, tokenizer_vocab=1024))
+    build(
+        BuildConfig(
+            raw=str(raw_world),
+            out=str(tmp_path),
+            users_per_shard=100,
+            row_group_size=32,
+            tokenizer_vocab=1024,
+        )
+    )
     a, b = Manifest.load(built), Manifest.load(tmp_path)
     for name, entry in b.files.items():
         assert a.files[name]["sha256"] == entry["sha256"], name
@@ -139,7 +149,15 @@ def test_external_qa_pairs_are_added_or_replace_templated_ones(raw_world, tmp_pa
     pq.write_table(qa, tmp_path / "qa.parquet")
     for mode in ("add", "replace"):
         out = tmp_path / mode
-        build(BuildConfig(raw=str(raw_world), out=str(out), qa=str(tmp_path / "qa.parquet"), external_qa=mode, tokenizer_vocab=500))
+        build(
+            BuildConfig(
+                raw=str(raw_world),
+                out=str(out),
+                qa=str(tmp_path / "qa.parquet"),
+                external_qa=mode,
+                tokenizer_vocab=500,
+            )
+        )
         row = _shards(out).filter(pl.col("user_id") == "u0000001").row(0, named=True)
         assert "Q1?" in row["qa_query"] and row["qa_answer"][row["qa_query"].index("Q1?")] == "A1."
         has_uqa = any(s.startswith("uqa:") for s in row["qa_source"])
@@ -150,7 +168,14 @@ def test_labels_file_overrides_the_rule(raw_world, tmp_path):
     users = pl.read_parquet(raw_world / "users.parquet")["user_id"].to_list()[:50]
     labels = pa.table({"user_id": users, "scenario": ["Fraud"] * 50, "label": [i % 2 for i in range(50)]})
     pq.write_table(labels, tmp_path / "labels.parquet")
-    m = build(BuildConfig(raw=str(raw_world), out=str(tmp_path / "d"), labels=str(tmp_path / "labels.parquet"), tokenizer_vocab=500))
+    m = build(
+        BuildConfig(
+            raw=str(raw_world),
+            out=str(tmp_path / "d"),
+            labels=str(tmp_path / "labels.parquet"),
+            tokenizer_vocab=500,
+        )
+    )
     b = pl.read_parquet(tmp_path / "d" / "benchmarks" / "Fraud.parquet")
     assert b.height == 50 and b["label"].sum() == 25
     assert m.counts["benchmarks"]["Fraud"]["source"] == "labels"

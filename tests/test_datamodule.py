@@ -6,8 +6,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from data_modules.dataset import choose_pair
 from data_modules.datamodule import ScenarioDataModule, UserStreamLoader, UserUDataModule
+from data_modules.dataset import choose_pair
 from data_modules.encode import load_vectors
 
 
@@ -20,7 +20,12 @@ def _epoch(dm, epoch=0, workers=0):
 
 @pytest.fixture(scope="module")
 def shards(built):
-    return {r["user_id"]: r for r in pl.concat([pl.read_parquet(p) for p in (built / "shards").glob("*.parquet")]).iter_rows(named=True)}
+    return {
+        r["user_id"]: r
+        for r in pl.concat([pl.read_parquet(p) for p in (built / "shards").glob("*.parquet")]).iter_rows(
+            named=True
+        )
+    }
 
 
 def test_batch_holds_vectors_masks_tabular_and_one_tokenised_qa_pair(built, shards):
@@ -31,7 +36,7 @@ def test_batch_holds_vectors_masks_tabular_and_one_tokenised_qa_pair(built, shar
     for i, u in enumerate(batch["user_id"]):
         row = shards[u]
         for m in dm.manifest.event_modalities:
-            ids = row[f"ev_{m}"][-dm.caps[m]:]
+            ids = row[f"ev_{m}"][-dm.caps[m] :]
             mask = batch["event_mask"][m][i].numpy()
             assert mask.sum() == len(ids) and mask[: len(ids)].all()
             np.testing.assert_array_equal(batch["events"][m][i, : len(ids)].numpy(), vec[m][ids])

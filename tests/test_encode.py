@@ -15,7 +15,9 @@ from data_modules.manifest import Manifest
 def test_hash_encoder_is_deterministic_normalised_and_similarity_aware():
     enc = HashEncoder(64)
     a = enc(["Paid 20-50 CNY at Meituan Takeout", "Paid 20-50 CNY at Ele.me", "Used app WeChat"])
-    np.testing.assert_array_equal(a, enc(["Paid 20-50 CNY at Meituan Takeout", "Paid 20-50 CNY at Ele.me", "Used app WeChat"]))
+    np.testing.assert_array_equal(
+        a, enc(["Paid 20-50 CNY at Meituan Takeout", "Paid 20-50 CNY at Ele.me", "Used app WeChat"])
+    )
     np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1, atol=1e-6)
     assert a[0] @ a[1] > a[0] @ a[2]
 

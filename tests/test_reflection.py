@@ -14,7 +14,9 @@ from data_modules.topics import SEED_TOPICS
 
 
 def _user_facts_uqa(hist: pl.DataFrame, topic, cutoff: dt.datetime, days: int) -> set[str]:
-    rows = [r for r in hist.iter_rows(named=True) if topic.matches(r["modality"], r["category"] or "", r["text"])]
+    rows = [
+        r for r in hist.iter_rows(named=True) if topic.matches(r["modality"], r["category"] or "", r["text"])
+    ]
     n = len(rows)
     counts: dict[str, int] = {}
     for r in rows:
@@ -46,15 +48,19 @@ def test_every_number_in_every_answer_is_supported_by_the_profile(built, raw_wor
     m = Manifest.load(built)
     cutoff = dt.datetime.fromisoformat(m.cutoff)
     raw = pl.read_parquet(raw_world / "events" / "*.parquet")
-    hist_all = raw.filter((pl.col("ts") < cutoff) & (pl.col("ts") >= cutoff - dt.timedelta(days=m.history_days)))
-    fut_all = raw.filter((pl.col("ts") >= cutoff) & (pl.col("ts") < cutoff + dt.timedelta(days=m.future_days)))
+    hist_all = raw.filter(
+        (pl.col("ts") < cutoff) & (pl.col("ts") >= cutoff - dt.timedelta(days=m.history_days))
+    )
+    fut_all = raw.filter(
+        (pl.col("ts") >= cutoff) & (pl.col("ts") < cutoff + dt.timedelta(days=m.future_days))
+    )
     topics = {t.name: t for t in SEED_TOPICS}
     shards = pl.concat([pl.read_parquet(p) for p in sorted((built / "shards").glob("*.parquet"))])
     checked = 0
     for row in shards.iter_rows(named=True):
         u = row["user_id"]
         hist = hist_all.filter(pl.col("user_id") == u)
-        for query, answer, source in zip(row["qa_query"], row["qa_answer"], row["qa_source"]):
+        for answer, source in zip(row["qa_answer"], row["qa_source"]):
             if source == "future":
                 facts = _user_facts_future(fut_all.filter(pl.col("user_id") == u), m.future_days)
             else:
@@ -74,4 +80,4 @@ def test_reflect_drops_unsupported_sentences():
     answer = 'The user paid 3 times. They spent 99.00 CNY at "Shop 42". They like tea.'
     kept, dropped = reflect(answer, {"3"})
     assert dropped == 1
-    assert kept == 'The user paid 3 times. They like tea.'
+    assert kept == "The user paid 3 times. They like tea."

@@ -47,7 +47,11 @@ def test_resume_consumes_exactly_the_remaining_samples(built, tmp_path, devices,
 
     epoch_users = []
     for rank in range(devices):
-        full, part, rest = _seen(tmp_path / "full", rank), _seen(tmp_path / "part", rank), _seen(tmp_path / "rest", rank)
+        full, part, rest = (
+            _seen(tmp_path / "full", rank),
+            _seen(tmp_path / "part", rank),
+            _seen(tmp_path / "rest", rank),
+        )
         assert len(full) == total and len(part) == stop_at
         assert part == full[:stop_at]
         assert rest == full[stop_at:], f"rank {rank}: resumed run consumed different samples"

@@ -62,7 +62,9 @@ def main() -> None:
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[ModelCheckpoint(dirpath=args.ckpt_dir, save_last=True, every_n_train_steps=1, save_top_k=0)],
+        callbacks=[
+            ModelCheckpoint(dirpath=args.ckpt_dir, save_last=True, every_n_train_steps=1, save_top_k=0)
+        ],
     )
     trainer.fit(model, datamodule=dm, ckpt_path="last" if args.resume else None)
     out = Path(args.out)
