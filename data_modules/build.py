@@ -181,7 +181,7 @@ def build(cfg: BuildConfig) -> Manifest:
                 cutoff,
             )
             qa_dropped += dropped
-            _collect_positives(shard_events, scenarios, cutoff, positives)
+            _collect_positives(shard_events, scenarios, positives)
             name = f"shards/shard-{k:05d}.parquet"
             write_parquet(out / name, table, row_group_size=cfg.row_group_size)
             files[name] = file_entry(out, name, table.num_rows)
@@ -518,7 +518,7 @@ def _topic_stats(cfg, hist, topics, topic_map, topic_means, cutoff):
 
 
 def _collect_positives(
-    ev: pl.DataFrame | None, scenarios: list[Scenario], cutoff, positives: dict[str, set[str]]
+    ev: pl.DataFrame | None, scenarios: list[Scenario], positives: dict[str, set[str]]
 ) -> None:
     if ev is None:
         return

@@ -128,25 +128,31 @@ class UserUDataModule(L.LightningDataModule):
         if self.units is None:
             self.units = scan_units(self._shard_paths())
 
-    def make_dataset(self, *, world_size: int = 1, rank: int = 0) -> UserStreamDataset:
-        """The pretraining dataset for one rank (also usable without a Trainer)."""
-        self.setup()
+    def _dataset(
+        self, units: Units, *, shuffle: bool, world_size: int, rank: int, scenario_query: str | None = None
+    ) -> UserStreamDataset:
         return UserStreamDataset(
             self.data,
-            self.units,
+            units,
             event_modalities=self.manifest.event_modalities,
             caps=self.caps,
             tokenizer=self.tokenizer,
             batch_size=self.hparams.batch_size,
             seed=self.hparams.seed,
-            shuffle=self.hparams.shuffle,
+            shuffle=shuffle,
             buffer_size=self.hparams.buffer_size,
             world_size=world_size,
             rank=rank,
-            mode="qa",
+            mode="qa" if scenario_query is None else "scenario",
+            scenario_query=scenario_query,
             max_query_tokens=self.hparams.max_query_tokens,
             max_answer_tokens=self.hparams.max_answer_tokens,
         )
+
+    def make_dataset(self, *, world_size: int = 1, rank: int = 0) -> UserStreamDataset:
+        """The pretraining dataset for one rank (also usable without a Trainer)."""
+        self.setup()
+        return self._dataset(self.units, shuffle=self.hparams.shuffle, world_size=world_size, rank=rank)
 
     def train_dataloader(self) -> UserStreamLoader:
         world, rank = self._world()
@@ -199,21 +205,12 @@ class ScenarioDataModule(UserUDataModule):
         self, split: str, *, shuffle: bool, world_size: int = 1, rank: int = 0
     ) -> UserStreamDataset:
         self.setup()
-        return UserStreamDataset(
-            self.data,
+        return self._dataset(
             self._split_units[split],
-            event_modalities=self.manifest.event_modalities,
-            caps=self.caps,
-            tokenizer=self.tokenizer,
-            batch_size=self.hparams.batch_size,
-            seed=self.hparams.seed,
             shuffle=shuffle,
-            buffer_size=self.hparams.buffer_size,
             world_size=world_size,
             rank=rank,
-            mode="scenario",
             scenario_query=self.query,
-            max_query_tokens=self.hparams.max_query_tokens,
         )
 
     def train_dataloader(self) -> UserStreamLoader:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from data_modules.errors import DataError
@@ -20,7 +20,6 @@ class Scenario:
     categories: tuple[str, ...] = ()
     modalities: tuple[str, ...] = ()
     description: str = ""
-    extra: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         d = asdict(self)
