@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import logging
 import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -33,6 +32,7 @@ from data_modules.errors import DataError
 from data_modules.manifest import Manifest, file_entry
 from data_modules.raw import (
     RawInputs,
+    count_skip,
     default_cutoff,
     read_external_qa,
     read_labels,
@@ -52,8 +52,6 @@ from data_modules.schemas import (
 )
 from data_modules.tokenizer import train_tokenizer
 from data_modules.topics import Topic, load_topics
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -125,7 +123,7 @@ def build(cfg: BuildConfig) -> Manifest:
     )
     windows = dict(events.group_by("window").len().collect().iter_rows())
     outside = windows.get("before", 0) + windows.get("after", 0)
-    _skip(skipped, "events_outside_windows", outside, f"events outside [{start}, {end})")
+    count_skip(skipped, "events_outside_windows", outside, f"events outside [{start}, {end})")
     events = events.filter(pl.col("window").is_in(["history", "future"]))
 
     kept = _select_users(events, users, skipped)
@@ -185,7 +183,7 @@ def build(cfg: BuildConfig) -> Manifest:
             name = f"shards/shard-{k:05d}.parquet"
             write_parquet(out / name, table, row_group_size=cfg.row_group_size)
             files[name] = file_entry(out, name, table.num_rows)
-    _skip(skipped, "qa_sentences_dropped_by_reflection", qa_dropped, "unsupported QA sentences")
+    count_skip(skipped, "qa_sentences_dropped_by_reflection", qa_dropped, "unsupported QA sentences")
 
     bench_counts = {}
     for s in scenarios:
@@ -238,12 +236,6 @@ def build(cfg: BuildConfig) -> Manifest:
     return manifest
 
 
-def _skip(skipped: dict[str, int], key: str, n: int, message: str) -> None:
-    if n:
-        skipped[key] = skipped.get(key, 0) + int(n)
-        log.warning("skipped %d %s", n, message)
-
-
 def _select_users(events: pl.LazyFrame, users: pl.DataFrame | None, skipped: dict[str, int]) -> pl.DataFrame:
     """Users with a users row (when a users table exists) and at least one history event."""
     per_user = (
@@ -255,7 +247,7 @@ def _select_users(events: pl.LazyFrame, users: pl.DataFrame | None, skipped: dic
         base = per_user.select("user_id")
     else:
         unknown = per_user.join(users.select("user_id"), on="user_id", how="anti")
-        _skip(
+        count_skip(
             skipped,
             "events_of_unknown_users",
             int(unknown["n_events"].sum()),
@@ -267,8 +259,8 @@ def _select_users(events: pl.LazyFrame, users: pl.DataFrame | None, skipped: dic
     )
     no_events = joined.filter(pl.col("n_events") == 0).height
     no_history = joined.filter((pl.col("n_events") > 0) & (pl.col("n_history") == 0)).height
-    _skip(skipped, "users_without_events", no_events, "users with no events at all")
-    _skip(skipped, "users_without_history", no_history, "users with future events only")
+    count_skip(skipped, "users_without_events", no_events, "users with no events at all")
+    count_skip(skipped, "users_without_history", no_history, "users with future events only")
     kept = joined.filter(pl.col("n_history") > 0).drop("n_history", "n_events")
     if kept.height == 0:
         raise DataError(
@@ -543,7 +535,7 @@ def _benchmark(
     if given is not None and given.height:
         known = set(ids)
         missing = given.filter(~pl.col("user_id").is_in(ids)).height
-        _skip(
+        count_skip(
             skipped,
             f"labels_of_unknown_users:{s.name}",
             missing,

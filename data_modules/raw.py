@@ -85,7 +85,8 @@ class RawInputs:
         )
 
 
-def _count(skipped: dict[str, int], key: str, n: int, message: str) -> None:
+def count_skip(skipped: dict[str, int], key: str, n: int, message: str) -> None:
+    """Record a documented, counted skip (saved in the manifest) and log it."""
     if n:
         skipped[key] = skipped.get(key, 0) + int(n)
         log.warning("skipped %d %s", n, message)
@@ -106,7 +107,7 @@ def scan_events(inputs: RawInputs, event_mods: list[str]) -> pl.LazyFrame:
         except (pa.ArrowInvalid, OSError) as err:
             raise DataError(path, f"corrupt parquet metadata: {err}") from None
         if n_rows == 0:
-            _count(inputs.skipped, "empty_event_files", 1, f"empty events file {path}")
+            count_skip(inputs.skipped, "empty_event_files", 1, f"empty events file {path}")
             continue
         lf = pl.scan_parquet(path)
         ts_type = schema.field("ts").type
