@@ -1,0 +1,6 @@
+"""Lightning callbacks: they read what the LightningModules publish and log or record it."""
+
+from callbacks.sample_audit import SampleAuditLog
+from callbacks.throughput import ThroughputLogger
+
+__all__ = ["SampleAuditLog", "ThroughputLogger"]

@@ -28,7 +28,7 @@ from data_modules.errors import DataError
 from data_modules.manifest import Manifest
 from data_modules.scenarios import load_scenarios
 from data_modules.schemas import parse_caps
-from data_modules.tokenizer import load_tokenizer
+from data_modules.tokenizer import TOKENIZER_DIR, load_tokenizer
 
 
 class UserUDataModule(L.LightningDataModule):
@@ -157,6 +157,26 @@ class UserUDataModule(L.LightningDataModule):
     def train_dataloader(self) -> UserStreamLoader:
         world, rank = self._world()
         return self._loader(self.make_dataset(world_size=world, rank=rank))
+
+    def model_inputs(self) -> dict[str, Any]:
+        """What a model must know about this data: modalities in order, vector sizes per modality,
+        the tabular width and where the tokenizer the data is tokenised with lives."""
+        self.setup()
+        spec = self._tokenizer_spec
+        if spec is None:
+            tokenizer = str(self.data / TOKENIZER_DIR)
+        elif isinstance(spec, (str, Path)):
+            tokenizer = str(spec)
+        else:
+            tokenizer = str(getattr(spec, "name_or_path", "") or "")
+            if not tokenizer:
+                raise ValueError("pass the tokenizer as a name or folder so a model can load the same one")
+        return {
+            "tokenizer": tokenizer,
+            "modalities": tuple(self.manifest.event_modalities),
+            "event_dims": self.event_dims,
+            "tabular_dim": self.tabular_dim,
+        }
 
     @property
     def event_dims(self) -> dict[str, int]:

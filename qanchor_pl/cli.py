@@ -138,7 +138,16 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+LIGHTNING_COMMANDS = {"pretrain": "run_pretrain"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in LIGHTNING_COMMANDS:  # LightningCLI parses its own arguments
+        from qanchor_pl import lightning_cli
+
+        getattr(lightning_cli, LIGHTNING_COMMANDS[argv[0]])(argv[1:])
+        return 0
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"

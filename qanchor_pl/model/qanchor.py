@@ -1,0 +1,202 @@
+"""The Q-Anchor model: hierarchical user encoder + LLM backbone + projection head.
+
+Anchor tower: ``[user prefix][query][<USER_EMB>]`` -> hidden state at ``<USER_EMB>`` -> head -> u.
+Semantic tower: the answer text alone -> hidden state at its last real token -> the same head -> v.
+During pretraining the answer is appended after ``<USER_EMB>``: one causal forward gives u (blind
+to the answer, which comes later) and the next-token loss on the answer, with the LM head applied
+only at the positions that predict answer tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qanchor_pl.model import backbone as bb
+from qanchor_pl.model.config import QAnchorConfig
+from qanchor_pl.model.heads import ProjectionHead
+from qanchor_pl.model.sequence import Packed, Piece, Role, pack, text_piece
+from qanchor_pl.model.special_tokens import USER_EMB, USER_MARKER, SpecialTokens, modality_markers
+from qanchor_pl.model.user_encoder import HierarchicalUserEncoder, UserTokens
+
+
+@dataclass
+class AnchorOutput:
+    """What one pretraining forward returns."""
+
+    u: torch.Tensor  # [B, E] anchored user embeddings (L2-normalised)
+    v: torch.Tensor | None  # [B, E] answer embeddings, if the semantic tower ran
+    ntp_loss: torch.Tensor | None  # mean next-token loss over answer tokens, if computed
+    anchor_tokens: int  # real tokens through the anchor tower
+    answer_tokens: int  # real tokens through the semantic tower
+
+
+class QAnchorModel(nn.Module):
+    """The model, independent of Lightning (used by the LightningModules, export and serving).
+
+    Args:
+        config: the model's settings; ``config.inputs`` describes the data (modalities, sizes,
+            tokenizer). The backbone is built or loaded here; with LoRA its base is frozen.
+        backbone_module: an already built backbone (e.g. read back from an export folder) to use
+            instead of building one from ``config``.
+    """
+
+    def __init__(self, config: QAnchorConfig, backbone_module: nn.Module | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.tokenizer = bb.load_tokenizer(config.inputs.tokenizer)
+        if backbone_module is not None:
+            lm = backbone_module
+        elif config.backbone == "tiny":
+            lm = bb.build_tiny(
+                config.tiny, len(self.tokenizer), self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
+            )
+        else:
+            lm = bb.load_pretrained(config.backbone, config.backbone_dtype)
+        if backbone_module is None and config.lora is not None:
+            lm = bb.apply_lora(lm, config.lora)
+        if config.gradient_checkpointing:
+            bb.base_causal_lm(lm).gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        self.backbone = lm
+        hidden = bb.base_causal_lm(lm).config.hidden_size
+        self.hidden_size = hidden
+        inputs = config.inputs
+        missing = [m for m in inputs.modalities if m not in inputs.event_dims]
+        if missing:
+            raise ValueError(f"event_dims has no size for modalities {missing}")
+        self.user_encoder = HierarchicalUserEncoder(
+            {m: inputs.event_dims[m] for m in inputs.modalities},
+            inputs.tabular_dim,
+            hidden,
+            config.adapter_hidden or hidden,
+        )
+        names = [USER_EMB]
+        if config.user_marker:
+            names.append(USER_MARKER)
+        if config.modality_markers:
+            names += [t for m in self.user_encoder.token_names for t in modality_markers(m)]
+        self.special = SpecialTokens(names, hidden)
+        self.head = ProjectionHead(hidden, config.head_hidden, config.embed_dim)
+
+    # -- building blocks ------------------------------------------------------------------------
+    @property
+    def token_embedding(self) -> nn.Module:
+        return bb.token_embeddings_of(self.backbone)
+
+    def _special(self, name: str, batch: int, like: torch.Tensor) -> Piece:
+        e = self.special(name, batch).to(like.dtype)
+        return Piece(e, torch.ones(batch, 1, dtype=torch.bool, device=like.device), Role.PREFIX)
+
+    def prefix_pieces(self, batch: dict[str, Any]) -> list[Piece]:
+        """The user prefix ``e_i``: user token, then per modality [marker, modality token, events, marker]."""
+        tok: UserTokens = self.user_encoder(batch["events"], batch["event_mask"], batch.get("tabular"))
+        b = tok.user.shape[0]
+        one = torch.ones(b, 1, dtype=torch.bool, device=tok.user.device)
+        pieces: list[Piece] = []
+        if self.config.user_marker:
+            pieces.append(self._special(USER_MARKER, b, tok.user))
+        pieces.append(Piece(tok.user.unsqueeze(1), one, Role.PREFIX))
+        for name in self.user_encoder.token_names:
+            start, end = modality_markers(name)
+            if self.config.modality_markers:
+                pieces.append(self._special(start, b, tok.user))
+            pieces.append(Piece(tok.modality[name].unsqueeze(1), one, Role.PREFIX))
+            if name in tok.events:
+                pieces.append(Piece(tok.events[name], tok.event_mask[name].bool(), Role.PREFIX))
+            if self.config.modality_markers:
+                pieces.append(self._special(end, b, tok.user))
+        return pieces
+
+    def hidden_states(self, packed: Packed) -> torch.Tensor:
+        out = bb.decoder_of(self.backbone)(
+            inputs_embeds=packed.embeds, attention_mask=packed.attention_mask, use_cache=False
+        )
+        return out.last_hidden_state
+
+    def embed_texts(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Semantic tower: each text's hidden state at its last real token, projected: [B, E]."""
+        out = bb.decoder_of(self.backbone)(input_ids=ids, attention_mask=mask.long(), use_cache=False)
+        last = (mask.long().sum(1) - 1).clamp(min=0)
+        h = out.last_hidden_state[torch.arange(ids.shape[0], device=ids.device), last]
+        return self.head(h)
+
+    def anchor_sequence(
+        self, batch: dict[str, Any], *, prompt: torch.Tensor | None = None, with_answer: bool = False
+    ) -> Packed:
+        """``[prefix][prompt?][query][<USER_EMB>][answer?]`` packed for the backbone."""
+        pieces = self.prefix_pieces(batch)
+        b = pieces[0].embeds.shape[0]
+        like = pieces[0].embeds
+        if prompt is not None:  # [P, H] soft prompt shared by the batch
+            pieces.append(
+                Piece(
+                    prompt.to(like.dtype).expand(b, -1, -1),
+                    torch.ones(b, prompt.shape[0], dtype=torch.bool, device=like.device),
+                    Role.PROMPT,
+                )
+            )
+        emb = self.token_embedding
+        pieces.append(text_piece(emb, batch["query_ids"], batch["query_mask"], Role.QUERY))
+        user_emb = self._special(USER_EMB, b, like)
+        pieces.append(Piece(user_emb.embeds, user_emb.valid, Role.USER_EMB))
+        if with_answer:
+            pieces.append(text_piece(emb, batch["answer_ids"], batch["answer_mask"], Role.ANSWER))
+        return pack(pieces)
+
+    # -- the towers -----------------------------------------------------------------------------
+    def anchor(self, batch: dict[str, Any], *, prompt: torch.Tensor | None = None) -> torch.Tensor:
+        """Anchored user embeddings u [B, E] (no answer in the sequence)."""
+        packed = self.anchor_sequence(batch, prompt=prompt)
+        h = self.hidden_states(packed)
+        pos = packed.position_of(Role.USER_EMB)
+        return self.head(h[torch.arange(h.shape[0], device=h.device), pos])
+
+    def forward(self, batch: dict[str, Any], *, semantic: bool = True, ntp: bool = True) -> AnchorOutput:
+        """Pretraining forward: u (and the NTP loss from the same pass) and, if asked, v."""
+        packed = self.anchor_sequence(batch, with_answer=ntp)
+        h = self.hidden_states(packed)
+        rows = torch.arange(h.shape[0], device=h.device)
+        u = self.head(h[rows, packed.position_of(Role.USER_EMB)])
+        ntp_loss = self.answer_ntp_loss(h, packed) if ntp else None
+        v = self.embed_texts(batch["answer_ids"], batch["answer_mask"]) if semantic else None
+        return AnchorOutput(
+            u=u,
+            v=v,
+            ntp_loss=ntp_loss,
+            anchor_tokens=int(packed.attention_mask.sum()),
+            answer_tokens=int(batch["answer_mask"].sum()) if semantic else 0,
+        )
+
+    def answer_ntp_loss(self, hidden: torch.Tensor, packed: Packed) -> torch.Tensor:
+        """Mean cross-entropy of the answer tokens, each predicted from the slot before it.
+
+        The LM head runs only on those slots: over a long user prefix the full [B, T, vocab]
+        logits would dominate memory for nothing."""
+        targets_here = packed.role[:, 1:] == int(Role.ANSWER)
+        src = hidden[:, :-1][targets_here]
+        targets = packed.token_ids[:, 1:][targets_here]
+        logits = bb.lm_head_of(self.backbone)(src).float()
+        return F.cross_entropy(logits, targets)
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only the parameters that train (plus this model's own buffers): what checkpoints keep."""
+        keep = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {k: v for k, v in self.state_dict().items() if k in keep}
+
+    def flops_per_token(self) -> float:
+        """~6 x (non-embedding backbone parameters) training FLOPs per token (forward + backward);
+        attention's quadratic term is left out (small next to the MLPs at ~1k tokens)."""
+        lm = bb.base_causal_lm(self.backbone)
+        n = sum(
+            p.numel()
+            for name, p in lm.named_parameters()
+            if "embed_tokens" not in name and "lm_head" not in name
+        )
+        return 6.0 * n

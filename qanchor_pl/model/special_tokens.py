@@ -1,0 +1,35 @@
+"""Learned special-token embeddings: ``<USER_EMB>`` and the structural markers.
+
+They live in their own small table instead of being appended to the backbone's vocabulary: the
+model is fed through ``inputs_embeds`` anyway, so no token id is needed, the rows stay trainable
+when LoRA freezes the backbone (the authors' code left them frozen), and a checkpoint stores
+a few rows rather than a resized 150k-row embedding matrix.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+USER_EMB = "<USER_EMB>"
+USER_MARKER = "<USER>"
+
+
+def modality_markers(name: str) -> tuple[str, str]:
+    return f"<{name}>", f"</{name}>"
+
+
+class SpecialTokens(nn.Module):
+    """A named table of trainable token embeddings, initialised like the backbone's embeddings."""
+
+    def __init__(self, names: list[str], hidden_size: int, init_std: float = 0.02) -> None:
+        super().__init__()
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate special token names: {names}")
+        self.names = list(names)
+        self.index = {n: i for i, n in enumerate(names)}
+        self.weight = nn.Parameter(torch.randn(len(names), hidden_size) * init_std)
+
+    def forward(self, name: str, batch_size: int) -> torch.Tensor:
+        """``name``'s embedding repeated for a batch: [B, 1, H]."""
+        return self.weight[self.index[name]].expand(batch_size, 1, -1)

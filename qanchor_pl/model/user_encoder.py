@@ -1,0 +1,86 @@
+"""Hierarchical coarse-to-fine user encoder (paper eq. 1-2).
+
+event tokens    z_evt[m,t] = MLP_m(LN(h[m,t]))                 one adapter per modality
+modality token  z_mdl[m]   = MLP_mdl(LN(masked_mean_t z_evt[m,t]))  one adapter shared by modalities
+tabular token   z_tab      = MLP_tab(LN(x_tab))                 the tabular modality's token
+user token      z_usr      = MLP_usr(LN([z_mdl[1]; ...; z_tab]))  over all modality tokens
+All outputs live in the LLM's hidden size and enter it through ``inputs_embeds``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+def adapter(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
+    """LayerNorm -> Linear -> GELU -> Linear (the authors' adapter shape)."""
+    return nn.Sequential(
+        nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim)
+    )
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over dim 1 of ``x`` [B, K, H] where ``mask`` [B, K]; zeros for a user with no events."""
+    w = mask.to(x.dtype).unsqueeze(-1)
+    return (x * w).sum(1) / w.sum(1).clamp(min=1.0)
+
+
+@dataclass
+class UserTokens:
+    """The encoder's output for a batch of users, before the structural layout."""
+
+    user: torch.Tensor  # [B, H]
+    modality: dict[str, torch.Tensor]  # name -> [B, H] (event modalities, then "tabular" if any)
+    events: dict[str, torch.Tensor]  # event modality -> [B, K, H]
+    event_mask: dict[str, torch.Tensor]  # event modality -> [B, K] bool
+
+
+class HierarchicalUserEncoder(nn.Module):
+    """Turns per-modality event vectors (+ a tabular vector) into user, modality and event tokens.
+
+    Args:
+        event_dims: text-encoder output size per event modality (order = prefix order).
+        tabular_dim: size of the tabular feature vector; 0 for none.
+        hidden_size: the LLM's hidden size (output size of every adapter).
+        adapter_hidden: inner width of the adapters.
+    """
+
+    def __init__(self, event_dims: dict[str, int], tabular_dim: int, hidden_size: int, adapter_hidden: int):
+        super().__init__()
+        self.modalities = list(event_dims)
+        self.event_adapters = nn.ModuleDict(
+            {m: adapter(d, adapter_hidden, hidden_size) for m, d in event_dims.items()}
+        )
+        self.modality_adapter = adapter(hidden_size, adapter_hidden, hidden_size)
+        self.tabular_adapter = adapter(tabular_dim, adapter_hidden, hidden_size) if tabular_dim > 0 else None
+        n_tokens = len(self.modalities) + (1 if tabular_dim > 0 else 0)
+        self.user_adapter = adapter(n_tokens * hidden_size, adapter_hidden, hidden_size)
+
+    @property
+    def token_names(self) -> list[str]:
+        """Modality token names in order (event modalities, then tabular)."""
+        return self.modalities + (["tabular"] if self.tabular_adapter is not None else [])
+
+    def forward(
+        self,
+        events: dict[str, torch.Tensor],
+        event_mask: dict[str, torch.Tensor],
+        tabular: torch.Tensor | None,
+    ) -> UserTokens:
+        dtype = self.modality_adapter[1].weight.dtype
+        ev_tokens, masks, mdl = {}, {}, {}
+        for m in self.modalities:
+            if m not in events:
+                raise KeyError(f"batch has no events for modality '{m}' (it has {sorted(events)})")
+            z = self.event_adapters[m](events[m].to(dtype))
+            ev_tokens[m], masks[m] = z, event_mask[m]
+            mdl[m] = self.modality_adapter(masked_mean(z, event_mask[m]))
+        if self.tabular_adapter is not None:
+            if tabular is None:
+                raise KeyError("the model has a tabular adapter but the batch has no 'tabular' tensor")
+            mdl["tabular"] = self.tabular_adapter(tabular.to(dtype))
+        user = self.user_adapter(torch.cat([mdl[m] for m in self.token_names], dim=-1))
+        return UserTokens(user=user, modality=mdl, events=ev_tokens, event_mask=masks)

@@ -1,0 +1,164 @@
+"""The Q-Anchor model on real batches from a built data set: layout, towers, NTP, LoRA, ablations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from data_modules.datamodule import UserUDataModule
+from qanchor_pl.model import backbone as bb
+from qanchor_pl.model.config import DataInputs, LoraSpec, QAnchorConfig, TinyBackbone
+from qanchor_pl.model.qanchor import QAnchorModel
+from qanchor_pl.model.sequence import Role
+from qanchor_pl.pretrain import PretrainModule
+
+TINY = TinyBackbone(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128)
+
+
+@pytest.fixture(scope="module")
+def data(built):
+    dm = UserUDataModule(str(built), batch_size=6, buffer_size=32)
+    batch = next(iter(dm.make_dataset()))
+    return DataInputs(**dm.model_inputs()), batch
+
+
+def model_for(inputs, **kw) -> QAnchorModel:
+    kw.setdefault("lora", None)
+    torch.manual_seed(0)
+    return QAnchorModel(QAnchorConfig(inputs=inputs, tiny=TINY, head_hidden=32, embed_dim=16, **kw)).eval()
+
+
+def take(batch, rows):
+    """The sub-batch of ``rows`` (lists, tensors and per-modality dicts alike)."""
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, dict):
+            out[k] = {m: t[rows] for m, t in v.items()}
+        elif torch.is_tensor(v):
+            out[k] = v[rows]
+        else:
+            out[k] = [v[i] for i in rows]
+    return out
+
+
+def test_an_embedding_does_not_depend_on_the_rest_of_the_batch(data):
+    inputs, batch = data
+    m = model_for(inputs)
+    with torch.no_grad():
+        together = m.anchor(batch)
+        alone = torch.cat([m.anchor(take(batch, [i])) for i in range(len(batch["user_id"]))])
+    assert torch.allclose(together, alone, atol=1e-5)
+    assert torch.allclose(together.norm(dim=-1), torch.ones(len(together)), atol=1e-5)
+
+
+def test_the_anchor_is_blind_to_the_answer_that_follows_it(data):
+    inputs, batch = data
+    m = model_for(inputs)
+    with torch.no_grad():
+        joint = m(batch, semantic=True, ntp=True)
+        alone = m.anchor(batch)
+    assert torch.allclose(joint.u, alone, atol=1e-5)
+    assert joint.v.shape == joint.u.shape and joint.ntp_loss is not None
+
+
+def test_layout_prefix_query_user_emb_answer(data):
+    inputs, batch = data
+    m = model_for(inputs)
+    packed = m.anchor_sequence(batch, with_answer=True)
+    n_events = sum(int(batch["event_mask"][mod][0].sum()) for mod in inputs.modalities)
+    n_tokens = len(inputs.modalities) + (1 if inputs.tabular_dim else 0)  # modality tokens
+    prefix = 2 + 3 * n_tokens + n_events  # <USER> z_usr, then per modality: <m> z_m events </m>
+    roles = packed.role[0].tolist()
+    q_len, a_len = int(batch["query_mask"][0].sum()), int(batch["answer_mask"][0].sum())
+    assert roles[:prefix] == [Role.PREFIX] * prefix
+    assert roles[prefix : prefix + q_len] == [Role.QUERY] * q_len
+    assert roles[prefix + q_len] == Role.USER_EMB
+    assert roles[prefix + 1 + q_len : prefix + 1 + q_len + a_len] == [Role.ANSWER] * a_len
+    assert int(packed.attention_mask[0].sum()) == prefix + 1 + q_len + a_len
+
+
+def test_ablating_structural_tokens_shortens_the_prefix(data):
+    inputs, batch = data
+    full = model_for(inputs).anchor_sequence(batch)
+    bare = model_for(inputs, user_marker=False, modality_markers=False).anchor_sequence(batch)
+    n_tokens = len(inputs.modalities) + (1 if inputs.tabular_dim else 0)
+    assert (full.lengths - bare.lengths).tolist() == [1 + 2 * n_tokens] * len(batch["user_id"])
+
+
+def test_ntp_loss_equals_full_vocabulary_cross_entropy(data):
+    """The LM head applied only at answer-predicting slots gives the standard causal LM loss."""
+    inputs, batch = data
+    m = model_for(inputs)
+    with torch.no_grad():
+        packed = m.anchor_sequence(batch, with_answer=True)
+        ours = m.answer_ntp_loss(m.hidden_states(packed), packed)
+        labels = torch.where(packed.role == int(Role.ANSWER), packed.token_ids, -100)
+        lm = bb.base_causal_lm(m.backbone)
+        ref = lm(inputs_embeds=packed.embeds, attention_mask=packed.attention_mask, labels=labels).loss
+    assert torch.allclose(ours, ref, atol=1e-5)
+
+
+def test_semantic_tower_reads_the_last_real_token(data):
+    inputs, batch = data
+    m = model_for(inputs)
+    with torch.no_grad():
+        v = m.embed_texts(batch["answer_ids"], batch["answer_mask"])
+        i = int(batch["answer_mask"].sum(1).argmin())  # the shortest answer, padded in the batch
+        n = int(batch["answer_mask"][i].sum())
+        alone = m.embed_texts(batch["answer_ids"][i : i + 1, :n], batch["answer_mask"][i : i + 1, :n])
+    assert torch.allclose(v[i], alone[0], atol=1e-5)
+
+
+def test_lora_freezes_the_base_and_keeps_special_tokens_trainable(data):
+    inputs, batch = data
+    m = model_for(inputs, lora=LoraSpec(r=4, alpha=8, dropout=0.0))
+    trainable = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert "special.weight" in trainable
+    assert any("lora_A" in n for n in trainable) and any(n.startswith("user_encoder.") for n in trainable)
+    assert not any("embed_tokens" in n or ("q_proj.base_layer" in n) for n in trainable)
+    out = m.train()(batch)
+    (out.u.sum() + out.ntp_loss).backward()
+    assert m.special.weight.grad is not None and m.special.weight.grad.abs().sum() > 0
+    base = sum(p.numel() for n, p in m.named_parameters() if not p.requires_grad)
+    kept = sum(t.numel() for t in m.trainable_state_dict().values())
+    assert kept < base
+
+
+def test_the_tiny_backbone_is_rebuilt_bit_identically(data):
+    inputs, _ = data
+    a = model_for(inputs, lora=LoraSpec(r=4, alpha=8)).backbone.state_dict()
+    torch.manual_seed(99)  # the global RNG must not matter
+    b = model_for(inputs, lora=LoraSpec(r=4, alpha=8)).backbone.state_dict()
+    frozen = [k for k in a if "lora_" not in k]
+    assert frozen and all(torch.equal(a[k], b[k]) for k in frozen)
+
+
+def test_ablation_switches_skip_the_work_they_remove(data):
+    inputs, batch = data
+    m = model_for(inputs)
+    out = m(batch, semantic=False, ntp=False)
+    assert out.v is None and out.ntp_loss is None and out.answer_tokens == 0
+    with pytest.raises(ValueError, match="both losses are off"):
+        PretrainModule(contrastive={"enabled": False}, ntp_weight=0.0, inputs=inputs)
+
+
+def test_a_small_batch_is_overfit(data):
+    """Pretraining loss on one fixed batch falls far below its start (contrastive + NTP)."""
+    inputs, batch = data
+    torch.manual_seed(0)
+    module = PretrainModule(
+        tiny=TINY, lora=None, head_hidden=32, embed_dim=16, inputs=inputs,
+        contrastive={"margin_warmup_steps": 0, "margin": None},
+    )  # fmt: skip
+    opt = torch.optim.AdamW(module.parameters(), lr=1e-3)
+    first = None
+    for _ in range(60):
+        loss, scalars, _ = module.compute_loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = first or {k: float(v) for k, v in scalars.items()}
+    last = {k: float(v) for k, v in scalars.items()}
+    assert last["train/loss_cl"] < 0.25 * first["train/loss_cl"], (first, last)
+    assert last["train/loss_ntp"] < 0.6 * first["train/loss_ntp"], (first, last)
+    assert last["train/pos_sim"] > last["train/neg_sim"] + 0.3
