@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -73,6 +74,14 @@ def _bench_data(args: argparse.Namespace) -> dict:
     )
 
 
+def _export(args: argparse.Namespace) -> dict:
+    from qanchor_pl.model.export import export_model
+    from qanchor_pl.pretrain import PretrainModule
+
+    module = PretrainModule.load_from_checkpoint(args.ckpt, map_location="cpu", strict=False)
+    return export_model(module.model, args.out, overwrite=args.overwrite)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qanchor", description="Query-as-Anchor user embeddings pipeline")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -122,6 +131,14 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="cpu")
     e.set_defaults(func=_encode)
 
+    x = sub.add_parser(
+        "export", help="checkpoint -> folder usable without Lightning (peft adapter, safetensors)"
+    )
+    x.add_argument("--ckpt", required=True, help="a pretraining checkpoint (e.g. RUN/checkpoints/last.ckpt)")
+    x.add_argument("--out", required=True)
+    x.add_argument("--overwrite", action="store_true")
+    x.set_defaults(func=_export)
+
     bench = sub.add_parser("bench", help="benchmarks (JSON output)")
     bsub = bench.add_subparsers(dest="what", required=True)
     bd = bsub.add_parser("data", help="samples/s and peak memory of the streaming loader")
@@ -154,8 +171,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     t0 = time.perf_counter()
     try:
-        result = args.func(args)
+        # stdout carries only the JSON result; libraries that print (DeepSpeed's logger) go to stderr
+        with contextlib.redirect_stdout(sys.stderr):
+            result = args.func(args)
     except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except FileExistsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if isinstance(result, dict) and args.command != "bench":
