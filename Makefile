@@ -31,6 +31,10 @@ demo: $(STAMP)
 	$(BIN)/qanchor build --raw $(DEMO_DIR)/raw --out $(DEMO_DIR)/data
 	$(BIN)/qanchor encode --data $(DEMO_DIR)/data --encoder hash
 	$(BIN)/qanchor bench data --data $(DEMO_DIR)/data --json
+	$(BIN)/qanchor pretrain --config recipes/pretrain/tiny-cpu.yaml --data.data $(DEMO_DIR)/data \
+		--run_dir $(DEMO_DIR)/pretrain/base --ckpt_path last
+	$(BIN)/qanchor export --ckpt $(DEMO_DIR)/pretrain/base/checkpoints/last.ckpt \
+		--out $(DEMO_DIR)/export/base --overwrite
 
 lint: $(STAMP)
 	$(BIN)/ruff check qanchor_pl data_modules callbacks tests
@@ -42,6 +46,7 @@ bench: $(STAMP)
 	$(BIN)/qanchor encode --data runs/bench/data --encoder hash
 	$(BIN)/qanchor bench data --data runs/bench/data --json
 	$(BIN)/qanchor bench data --data runs/bench/data --workers 2 --json
+	$(BIN)/qanchor bench train --config recipes/pretrain/tiny-cpu.yaml --data.data runs/bench/data --json
 
 clean:
 	rm -rf runs lightning_logs .pytest_cache

@@ -82,6 +82,18 @@ def _export(args: argparse.Namespace) -> dict:
     return export_model(module.model, args.out, overwrite=args.overwrite)
 
 
+def _bench_train(args: argparse.Namespace) -> dict:
+    from qanchor_pl.bench_train import bench_train
+
+    return bench_train(["--config", args.config, *args.overrides], steps=args.steps, warmup=args.warmup)
+
+
+def _make_backbone(args: argparse.Namespace) -> dict:
+    from qanchor_pl.model.backbone import write_shaped_backbone
+
+    return write_shaped_backbone(args.shape, args.tokenizer, args.out, seed=args.seed)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qanchor", description="Query-as-Anchor user embeddings pipeline")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -139,6 +151,17 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--overwrite", action="store_true")
     x.set_defaults(func=_export)
 
+    mb = sub.add_parser(
+        "make-backbone", help="a random-weight LM with a published shape (speed/memory checks offline)"
+    )
+    mb.add_argument("--shape", default="qwen2.5-0.5b", help="qwen2.5-0.5b | qwen2.5-1.5b | qwen2.5-3b")
+    mb.add_argument(
+        "--tokenizer", required=True, help="a data set folder or tokenizer folder to ship with it"
+    )
+    mb.add_argument("--out", required=True)
+    mb.add_argument("--seed", type=int, default=0)
+    mb.set_defaults(func=_make_backbone)
+
     bench = sub.add_parser("bench", help="benchmarks (JSON output)")
     bsub = bench.add_subparsers(dest="what", required=True)
     bd = bsub.add_parser("data", help="samples/s and peak memory of the streaming loader")
@@ -152,6 +175,16 @@ def _parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print one JSON object (always JSON; kept for scripts)"
     )
     bd.set_defaults(func=_bench_data)
+    bt = bsub.add_parser(
+        "train",
+        help="training step under Lightning vs a plain PyTorch loop",
+        description="Any further --key value arguments override the recipe, as for `qanchor pretrain`.",
+    )
+    bt.add_argument("--config", required=True, help="a pretraining recipe")
+    bt.add_argument("--steps", type=int, default=30, help="timed steps")
+    bt.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    bt.add_argument("--json", action="store_true", help="print one JSON object (always JSON)")
+    bt.set_defaults(func=_bench_train, overrides=[])
     return p
 
 
@@ -165,7 +198,12 @@ def main(argv: list[str] | None = None) -> int:
 
         getattr(lightning_cli, LIGHTNING_COMMANDS[argv[0]])(argv[1:])
         return 0
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        if getattr(args, "func", None) is not _bench_train:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.overrides = unknown
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )

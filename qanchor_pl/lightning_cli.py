@@ -84,21 +84,27 @@ class QAnchorCLI(LightningCLI):
             )
 
 
-def run_pretrain(args: list[str] | None = None) -> QAnchorCLI:
-    """Parse ``args`` (a recipe via --config plus overrides), build everything, fit."""
+def build_pretrain_cli(args: list[str] | None = None, extra_callbacks: list | None = None) -> QAnchorCLI:
+    """Parse ``args`` (a recipe via --config plus overrides) and build model, data and trainer."""
     from data_modules.datamodule import UserUDataModule
     from qanchor_pl.pretrain import PretrainModule
 
     # `qanchor pretrain ARGS` hands ARGS over explicitly; sys.argv keeps the full command so that
     # DDP can re-launch it for the other ranks, which LightningCLI warns about.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-    cli = QAnchorCLI(
+    return QAnchorCLI(
         PretrainModule,
         UserUDataModule,
         args=args,
         run=False,
         save_config_kwargs={"overwrite": True},
+        trainer_defaults={"callbacks": list(extra_callbacks or [])},
     )
+
+
+def run_pretrain(args: list[str] | None = None) -> QAnchorCLI:
+    """``qanchor pretrain``: build from the recipe and overrides, then fit (resuming with --ckpt_path)."""
+    cli = build_pretrain_cli(args)
     cli.before_fit()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.get("ckpt_path"))
     return cli

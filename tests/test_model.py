@@ -162,3 +162,16 @@ def test_a_small_batch_is_overfit(data):
     assert last["train/loss_cl"] < 0.25 * first["train/loss_cl"], (first, last)
     assert last["train/loss_ntp"] < 0.6 * first["train/loss_ntp"], (first, last)
     assert last["train/pos_sim"] > last["train/neg_sim"] + 0.3
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(data):
+    inputs, batch = data
+    grads = []
+    for ckpt in (False, True):
+        m = model_for(inputs, gradient_checkpointing=ckpt).train()
+        out = m(batch)
+        (out.u.sum() + out.v.sum() + out.ntp_loss).backward()
+        grads.append({n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-5), name

@@ -130,3 +130,30 @@ def test_two_process_cpu_ddp_through_the_cli(built, tmp_path):
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3
     # 2 x 16 users per step: the logged global sample count covers both ranks
     assert scalars(run / "tensorboard" / "run")["train/loss"][-1][0] == 2
+
+
+def test_bench_train_reports_lightning_and_plain_loop_rates(built):
+    proc = run_qanchor("bench", "train", "--config", RECIPE, "--steps", "3", "--warmup", "1", "--json",
+                       "--data.data", str(built), *SMALL)  # fmt: skip
+    report = json.loads(proc.stdout)
+    for side in ("lightning", "plain_pytorch"):
+        assert report[side]["steps"] == 3
+        assert report[side]["samples_per_s"] > 0 and report[side]["tokens_per_s"] > 0
+    assert report["trainable_params"] == report["total_params"] > 0  # lora: null trains everything
+    assert isinstance(report["lightning_overhead_pct"], float)
+
+
+def test_make_backbone_writes_a_loadable_model_of_a_published_shape(built, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    from qanchor_pl.model import backbone as bb
+
+    small = dict(bb.QWEN25_SHAPES["qwen2.5-0.5b"], hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                 num_attention_heads=4, vocab_size=2048)  # fmt: skip
+    monkeypatch.setitem(bb.QWEN25_SHAPES, "small-test", small)  # the real 0.5B is 2 GB to write
+    report = bb.write_shaped_backbone("small-test", str(built), tmp_path / "lm")
+    lm = AutoModelForCausalLM.from_pretrained(tmp_path / "lm")
+    assert sum(p.numel() for p in lm.parameters()) == report["params"]
+    assert lm.config.num_key_value_heads == 2 and (tmp_path / "lm" / "tokenizer.json").exists()
+    with pytest.raises(ValueError, match="unknown shape"):
+        bb.write_shaped_backbone("qwen9", str(built), tmp_path / "other")

@@ -47,6 +47,40 @@ def build_tiny(shape: TinyBackbone, vocab_size: int, pad_id: int | None, eos_id:
     return model
 
 
+# Published shapes of the Qwen2.5 Instruct backbones of the paper's scaling study (config.json).
+QWEN25_SHAPES: dict[str, dict] = {
+    "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                         num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                         num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "qwen2.5-3b": dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+                       num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+}  # fmt: skip
+
+
+def write_shaped_backbone(shape: str, tokenizer: str, out: str | Path, seed: int = 0) -> dict:
+    """A randomly initialised causal LM with a published shape, saved like a downloaded model
+    (with ``tokenizer``'s files), for speed and memory measurements where no weights can be fetched."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    if shape not in QWEN25_SHAPES:
+        raise ValueError(f"unknown shape {shape!r}; known: {sorted(QWEN25_SHAPES)}")
+    tok = load_tokenizer(tokenizer)
+    cfg = Qwen2Config(**QWEN25_SHAPES[shape], max_position_embeddings=32768, rope_theta=1_000_000.0,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, use_cache=False)  # fmt: skip
+    if len(tok) > cfg.vocab_size:
+        raise ValueError(
+            f"tokenizer has {len(tok)} tokens, more than the {shape} vocabulary ({cfg.vocab_size})"
+        )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(cfg)
+    out = Path(out)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return {"out": str(out), "shape": shape, "params": sum(p.numel() for p in model.parameters())}
+
+
 def load_pretrained(name_or_path: str, dtype: str) -> nn.Module:
     """A causal LM from a local folder or hub id (offline machines need a local folder)."""
     from transformers import AutoModelForCausalLM

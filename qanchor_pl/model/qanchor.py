@@ -83,6 +83,7 @@ class QAnchorModel(nn.Module):
             names += [t for m in self.user_encoder.token_names for t in modality_markers(m)]
         self.special = SpecialTokens(names, hidden)
         self.head = ProjectionHead(hidden, config.head_hidden, config.embed_dim)
+        self.train()  # from_pretrained returns eval mode; LoRA dropout must be live when training
 
     # -- building blocks ------------------------------------------------------------------------
     @property
