@@ -58,3 +58,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def model_data(built):
+    """(DataInputs, one batch of 6 users) from ``built``."""
+    from data_modules.datamodule import UserUDataModule
+    from qanchor_pl.model.config import DataInputs
+
+    dm = UserUDataModule(str(built), batch_size=6, buffer_size=32)
+    batch = next(iter(dm.make_dataset()))
+    return DataInputs(**dm.model_inputs()), batch

@@ -5,27 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from data_modules.datamodule import UserUDataModule
 from qanchor_pl.model import backbone as bb
-from qanchor_pl.model.config import DataInputs, LoraSpec, QAnchorConfig, TinyBackbone
-from qanchor_pl.model.qanchor import QAnchorModel
+from qanchor_pl.model.config import LoraSpec
 from qanchor_pl.model.sequence import Role
 from qanchor_pl.pretrain import PretrainModule
-
-TINY = TinyBackbone(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128)
-
-
-@pytest.fixture(scope="module")
-def data(built):
-    dm = UserUDataModule(str(built), batch_size=6, buffer_size=32)
-    batch = next(iter(dm.make_dataset()))
-    return DataInputs(**dm.model_inputs()), batch
-
-
-def model_for(inputs, **kw) -> QAnchorModel:
-    kw.setdefault("lora", None)
-    torch.manual_seed(0)
-    return QAnchorModel(QAnchorConfig(inputs=inputs, tiny=TINY, head_hidden=32, embed_dim=16, **kw)).eval()
+from tests.helpers.tiny import TINY, model_for
 
 
 def take(batch, rows):
@@ -41,8 +25,8 @@ def take(batch, rows):
     return out
 
 
-def test_an_embedding_does_not_depend_on_the_rest_of_the_batch(data):
-    inputs, batch = data
+def test_an_embedding_does_not_depend_on_the_rest_of_the_batch(model_data):
+    inputs, batch = model_data
     m = model_for(inputs)
     with torch.no_grad():
         together = m.anchor(batch)
@@ -51,8 +35,8 @@ def test_an_embedding_does_not_depend_on_the_rest_of_the_batch(data):
     assert torch.allclose(together.norm(dim=-1), torch.ones(len(together)), atol=1e-5)
 
 
-def test_the_anchor_is_blind_to_the_answer_that_follows_it(data):
-    inputs, batch = data
+def test_the_anchor_is_blind_to_the_answer_that_follows_it(model_data):
+    inputs, batch = model_data
     m = model_for(inputs)
     with torch.no_grad():
         joint = m(batch, semantic=True, ntp=True)
@@ -61,8 +45,8 @@ def test_the_anchor_is_blind_to_the_answer_that_follows_it(data):
     assert joint.v.shape == joint.u.shape and joint.ntp_loss is not None
 
 
-def test_layout_prefix_query_user_emb_answer(data):
-    inputs, batch = data
+def test_layout_prefix_query_user_emb_answer(model_data):
+    inputs, batch = model_data
     m = model_for(inputs)
     packed = m.anchor_sequence(batch, with_answer=True)
     n_events = sum(int(batch["event_mask"][mod][0].sum()) for mod in inputs.modalities)
@@ -77,17 +61,17 @@ def test_layout_prefix_query_user_emb_answer(data):
     assert int(packed.attention_mask[0].sum()) == prefix + 1 + q_len + a_len
 
 
-def test_ablating_structural_tokens_shortens_the_prefix(data):
-    inputs, batch = data
+def test_ablating_structural_tokens_shortens_the_prefix(model_data):
+    inputs, batch = model_data
     full = model_for(inputs).anchor_sequence(batch)
     bare = model_for(inputs, user_marker=False, modality_markers=False).anchor_sequence(batch)
     n_tokens = len(inputs.modalities) + (1 if inputs.tabular_dim else 0)
     assert (full.lengths - bare.lengths).tolist() == [1 + 2 * n_tokens] * len(batch["user_id"])
 
 
-def test_ntp_loss_equals_full_vocabulary_cross_entropy(data):
+def test_ntp_loss_equals_full_vocabulary_cross_entropy(model_data):
     """The LM head applied only at answer-predicting slots gives the standard causal LM loss."""
-    inputs, batch = data
+    inputs, batch = model_data
     m = model_for(inputs)
     with torch.no_grad():
         packed = m.anchor_sequence(batch, with_answer=True)
@@ -98,8 +82,8 @@ def test_ntp_loss_equals_full_vocabulary_cross_entropy(data):
     assert torch.allclose(ours, ref, atol=1e-5)
 
 
-def test_semantic_tower_reads_the_last_real_token(data):
-    inputs, batch = data
+def test_semantic_tower_reads_the_last_real_token(model_data):
+    inputs, batch = model_data
     m = model_for(inputs)
     with torch.no_grad():
         v = m.embed_texts(batch["answer_ids"], batch["answer_mask"])
@@ -109,8 +93,8 @@ def test_semantic_tower_reads_the_last_real_token(data):
     assert torch.allclose(v[i], alone[0], atol=1e-5)
 
 
-def test_lora_freezes_the_base_and_keeps_special_tokens_trainable(data):
-    inputs, batch = data
+def test_lora_freezes_the_base_and_keeps_special_tokens_trainable(model_data):
+    inputs, batch = model_data
     m = model_for(inputs, lora=LoraSpec(r=4, alpha=8, dropout=0.0))
     trainable = {n for n, p in m.named_parameters() if p.requires_grad}
     assert "special.weight" in trainable
@@ -124,8 +108,8 @@ def test_lora_freezes_the_base_and_keeps_special_tokens_trainable(data):
     assert kept < base
 
 
-def test_the_tiny_backbone_is_rebuilt_bit_identically(data):
-    inputs, _ = data
+def test_the_tiny_backbone_is_rebuilt_bit_identically(model_data):
+    inputs, _ = model_data
     a = model_for(inputs, lora=LoraSpec(r=4, alpha=8)).backbone.state_dict()
     torch.manual_seed(99)  # the global RNG must not matter
     b = model_for(inputs, lora=LoraSpec(r=4, alpha=8)).backbone.state_dict()
@@ -133,8 +117,8 @@ def test_the_tiny_backbone_is_rebuilt_bit_identically(data):
     assert frozen and all(torch.equal(a[k], b[k]) for k in frozen)
 
 
-def test_ablation_switches_skip_the_work_they_remove(data):
-    inputs, batch = data
+def test_ablation_switches_skip_the_work_they_remove(model_data):
+    inputs, batch = model_data
     m = model_for(inputs)
     out = m(batch, semantic=False, ntp=False)
     assert out.v is None and out.ntp_loss is None and out.answer_tokens == 0
@@ -142,9 +126,9 @@ def test_ablation_switches_skip_the_work_they_remove(data):
         PretrainModule(contrastive={"enabled": False}, ntp_weight=0.0, inputs=inputs)
 
 
-def test_a_small_batch_is_overfit(data):
+def test_a_small_batch_is_overfit(model_data):
     """Pretraining loss on one fixed batch falls far below its start (contrastive + NTP)."""
-    inputs, batch = data
+    inputs, batch = model_data
     torch.manual_seed(0)
     module = PretrainModule(
         tiny=TINY, lora=None, head_hidden=32, embed_dim=16, inputs=inputs,
@@ -164,8 +148,8 @@ def test_a_small_batch_is_overfit(data):
     assert last["train/pos_sim"] > last["train/neg_sim"] + 0.3
 
 
-def test_gradient_checkpointing_gives_the_same_loss_and_gradients(data):
-    inputs, batch = data
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(model_data):
+    inputs, batch = model_data
     grads = []
     for ckpt in (False, True):
         m = model_for(inputs, gradient_checkpointing=ckpt).train()

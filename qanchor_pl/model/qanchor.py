@@ -127,27 +127,32 @@ class QAnchorModel(nn.Module):
         h = out.last_hidden_state[torch.arange(ids.shape[0], device=ids.device), last]
         return self.head(h)
 
+    def suffix_pieces(
+        self, query_ids: torch.Tensor, query_mask: torch.Tensor, prompt: torch.Tensor | None = None
+    ) -> list[Piece]:
+        """``[soft prompt?][query][<USER_EMB>]``: everything after the user prefix."""
+        b, device = query_ids.shape[0], query_ids.device
+        emb = self.token_embedding
+        pieces = []
+        if prompt is not None:  # [P, H] soft prompt shared by the batch
+            ones = torch.ones(b, prompt.shape[0], dtype=torch.bool, device=device)
+            pieces.append(Piece(prompt.to(emb.weight.dtype).expand(b, -1, -1), ones, Role.PROMPT))
+        pieces.append(text_piece(emb, query_ids, query_mask, Role.QUERY))
+        user_emb = self.special(USER_EMB, b).to(emb.weight.dtype)
+        pieces.append(Piece(user_emb, torch.ones(b, 1, dtype=torch.bool, device=device), Role.USER_EMB))
+        return pieces
+
     def anchor_sequence(
         self, batch: dict[str, Any], *, prompt: torch.Tensor | None = None, with_answer: bool = False
     ) -> Packed:
         """``[prefix][prompt?][query][<USER_EMB>][answer?]`` packed for the backbone."""
-        pieces = self.prefix_pieces(batch)
-        b = pieces[0].embeds.shape[0]
-        like = pieces[0].embeds
-        if prompt is not None:  # [P, H] soft prompt shared by the batch
-            pieces.append(
-                Piece(
-                    prompt.to(like.dtype).expand(b, -1, -1),
-                    torch.ones(b, prompt.shape[0], dtype=torch.bool, device=like.device),
-                    Role.PROMPT,
-                )
-            )
-        emb = self.token_embedding
-        pieces.append(text_piece(emb, batch["query_ids"], batch["query_mask"], Role.QUERY))
-        user_emb = self._special(USER_EMB, b, like)
-        pieces.append(Piece(user_emb.embeds, user_emb.valid, Role.USER_EMB))
+        pieces = self.prefix_pieces(batch) + self.suffix_pieces(
+            batch["query_ids"], batch["query_mask"], prompt
+        )
         if with_answer:
-            pieces.append(text_piece(emb, batch["answer_ids"], batch["answer_mask"], Role.ANSWER))
+            pieces.append(
+                text_piece(self.token_embedding, batch["answer_ids"], batch["answer_mask"], Role.ANSWER)
+            )
         return pack(pieces)
 
     # -- the towers -----------------------------------------------------------------------------
