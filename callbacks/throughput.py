@@ -50,12 +50,11 @@ class ThroughputLogger(L.Callback):
             torch.cuda.synchronize(pl_module.device)
         now = time.perf_counter()
         seconds = max(now - self._t0, 1e-9)
-        metrics = {
-            "throughput/samples_per_sec": self._samples / seconds,
-            "throughput/tokens_per_sec": self._tokens / seconds,
-        }
+        metrics = {"throughput/samples_per_sec": self._samples / seconds}
+        if self._tokens > 0:  # modules that count tokens
+            metrics["throughput/tokens_per_sec"] = self._tokens / seconds
         flops_per_token = getattr(getattr(pl_module, "model", None), "flops_per_token", None)
-        if self.peak_tflops and callable(flops_per_token):
+        if self.peak_tflops and callable(flops_per_token) and self._tokens > 0:
             achieved = metrics["throughput/tokens_per_sec"] * flops_per_token()
             metrics["throughput/mfu"] = achieved / (self.peak_tflops * 1e12 * trainer.world_size)
         pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)

@@ -129,7 +129,14 @@ class UserUDataModule(L.LightningDataModule):
             self.units = scan_units(self._shard_paths())
 
     def _dataset(
-        self, units: Units, *, shuffle: bool, world_size: int, rank: int, scenario_query: str | None = None
+        self,
+        units: Units,
+        *,
+        shuffle: bool,
+        world_size: int,
+        rank: int,
+        scenario_query: str | None = None,
+        mode: str | None = None,
     ) -> UserStreamDataset:
         return UserStreamDataset(
             self.data,
@@ -143,7 +150,7 @@ class UserUDataModule(L.LightningDataModule):
             buffer_size=self.hparams.buffer_size,
             world_size=world_size,
             rank=rank,
-            mode="qa" if scenario_query is None else "scenario",
+            mode=mode or ("qa" if scenario_query is None else "scenario"),
             scenario_query=scenario_query,
             max_query_tokens=self.hparams.max_query_tokens,
             max_answer_tokens=self.hparams.max_answer_tokens,
@@ -157,6 +164,16 @@ class UserUDataModule(L.LightningDataModule):
     def train_dataloader(self) -> UserStreamLoader:
         world, rank = self._world()
         return self._loader(self.make_dataset(world_size=world, rank=rank))
+
+    def profile_dataset(
+        self, *, world_size: int = 1, rank: int = 0, start_batch: int = 0
+    ) -> UserStreamDataset:
+        """Every user once (this rank's share, in a fixed order), profiles only: for embedding.
+        ``start_batch`` skips this rank's first batches without reading them (a resumed job)."""
+        self.setup()
+        ds = self._dataset(self.units, shuffle=False, world_size=world_size, rank=rank, mode="users")
+        ds.load_state_dict({"epoch": 0, "batches": start_batch})
+        return ds
 
     def model_inputs(self) -> dict[str, Any]:
         """What a model must know about this data: modalities in order, vector sizes per modality,

@@ -99,6 +99,7 @@ class UserStreamDataset(IterableDataset):
 
     ``mode="qa"`` (pretraining): one QA pair per user per epoch, query and answer tokenised.
     ``mode="scenario"`` (prompt tuning / evaluation): the scenario's query and the user's label.
+    ``mode="users"`` (embedding): the profile only (events, masks, tabular, user ids).
     """
 
     def __init__(
@@ -122,8 +123,8 @@ class UserStreamDataset(IterableDataset):
         answer_eos: bool = True,
     ) -> None:
         super().__init__()
-        if mode not in ("qa", "scenario"):
-            raise ValueError(f"mode must be 'qa' or 'scenario', got {mode!r}")
+        if mode not in ("qa", "scenario", "users"):
+            raise ValueError(f"mode must be 'qa', 'scenario' or 'users', got {mode!r}")
         if mode == "scenario" and (scenario_query is None or units.labels is None):
             raise ValueError("scenario mode needs a scenario_query and labelled units")
         self.root = str(root)
@@ -265,7 +266,7 @@ class UserStreamDataset(IterableDataset):
             batch["answer_ids"], batch["answer_mask"] = self._tokenize(
                 answers, self.max_answer_tokens, eos=self.answer_eos
             )
-        else:
+        elif self.mode == "scenario":
             queries = [self.scenario_query] * len(user_ids)
             batch["query"] = queries
             batch["query_ids"], batch["query_mask"] = self._tokenize_queries(queries)

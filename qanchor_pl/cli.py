@@ -94,6 +94,47 @@ def _make_backbone(args: argparse.Namespace) -> dict:
     return write_shaped_backbone(args.shape, args.tokenizer, args.out, seed=args.seed)
 
 
+def _embed(args: argparse.Namespace) -> dict:
+    from qanchor_pl.embed import run_embed
+
+    return run_embed(
+        model=args.model,
+        data=args.data,
+        scenarios=args.scenarios,
+        out=args.out,
+        prompts=args.prompts,
+        kv_cache=not args.no_kv_cache,
+        batch_size=args.batch_size,
+        part_batches=args.part_batches,
+        devices=args.devices,
+        accelerator=args.accelerator,
+        num_workers=args.workers,
+    )
+
+
+def _evaluate(args: argparse.Namespace) -> dict:
+    from qanchor_pl.evaluate import run_evaluate
+
+    baselines = () if args.baselines == "none" else tuple(b for b in args.baselines.split(",") if b)
+    return run_evaluate(
+        embeddings=args.embeddings,
+        names=args.names.split(",") if args.names else None,
+        data=args.data,
+        out=args.out,
+        baselines=baselines,
+        scenarios=args.scenarios,
+    )
+
+
+def _bench_kv(args: argparse.Namespace) -> dict:
+    from qanchor_pl.bench_kv import bench_kv_cache
+
+    return bench_kv_cache(
+        users=args.users, scenarios=args.scenarios, query_len=args.query_len, hidden=args.hidden,
+        layers=args.layers, intermediate=args.intermediate, repeats=args.repeats,
+    )  # fmt: skip
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qanchor", description="Query-as-Anchor user embeddings pipeline")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -151,6 +192,29 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--overwrite", action="store_true")
     x.set_defaults(func=_export)
 
+    em = sub.add_parser("embed", help="every user's embedding for every scenario (prefix KV cache)")
+    em.add_argument("--model", required=True, help="an export folder or a pretraining checkpoint")
+    em.add_argument("--data", required=True)
+    em.add_argument("--scenarios", default="all", help="'all' or a comma-separated list")
+    em.add_argument("--prompts", help="folder of tuned prompts (<DIR>/<scenario>/prompt/, from qanchor tune)")
+    em.add_argument("--out", required=True)
+    em.add_argument("--no-kv-cache", action="store_true", help="run each (user, scenario) in full")
+    em.add_argument("--batch-size", type=int, default=64)
+    em.add_argument("--part-batches", type=int, default=16, help="batches per output part")
+    em.add_argument("--devices", type=int, default=1, help="processes (DDP predict), one part set each")
+    em.add_argument("--accelerator", default="auto")
+    em.add_argument("--workers", type=int, default=0)
+    em.set_defaults(func=_embed)
+
+    ev = sub.add_parser("evaluate", help="linear probe per scenario: AUC, KS, report table, TensorBoard")
+    ev.add_argument("--embeddings", nargs="*", default=[], help="qanchor embed output folders (one row each)")
+    ev.add_argument("--names", help="comma-separated row names for --embeddings (default: folder names)")
+    ev.add_argument("--data", required=True)
+    ev.add_argument("--out", required=True, help="report folder")
+    ev.add_argument("--baselines", default="minilm,mean-events", help="comma-separated, or 'none'")
+    ev.add_argument("--scenarios", default="all")
+    ev.set_defaults(func=_evaluate)
+
     mb = sub.add_parser(
         "make-backbone", help="a random-weight LM with a published shape (speed/memory checks offline)"
     )
@@ -185,10 +249,20 @@ def _parser() -> argparse.ArgumentParser:
     bt.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     bt.add_argument("--json", action="store_true", help="print one JSON object (always JSON)")
     bt.set_defaults(func=_bench_train, overrides=[])
+    bk = bsub.add_parser("kv-cache", help="multi-scenario embedding with vs without the prefix KV cache")
+    bk.add_argument("--users", type=int, default=8)
+    bk.add_argument("--scenarios", type=int, default=10)
+    bk.add_argument("--query-len", type=int, default=20)
+    bk.add_argument("--hidden", type=int, default=256)
+    bk.add_argument("--layers", type=int, default=4)
+    bk.add_argument("--intermediate", type=int, default=1408)
+    bk.add_argument("--repeats", type=int, default=3)
+    bk.add_argument("--json", action="store_true", help="print one JSON object (always JSON)")
+    bk.set_defaults(func=_bench_kv)
     return p
 
 
-LIGHTNING_COMMANDS = {"pretrain": "run_pretrain"}
+LIGHTNING_COMMANDS = {"pretrain": "run_pretrain", "tune": "run_tune"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,3 +69,13 @@ def model_data(built):
     dm = UserUDataModule(str(built), batch_size=6, buffer_size=32)
     batch = next(iter(dm.make_dataset()))
     return DataInputs(**dm.model_inputs()), batch
+
+
+@pytest.fixture(scope="session")
+def pretrained(built, tmp_path_factory) -> Path:
+    """A pretraining checkpoint (3 steps of a small tiny model on ``built``)."""
+    from tests.helpers.cli_args import pretrain_args
+
+    run = tmp_path_factory.mktemp("pretrain") / "run"
+    run_qanchor(*pretrain_args(built, run, 3))
+    return run / "checkpoints" / "last.ckpt"

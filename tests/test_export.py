@@ -14,7 +14,7 @@ from qanchor_pl.model.config import TinyBackbone
 from qanchor_pl.model.export import load_export
 from qanchor_pl.pretrain import PretrainModule
 from tests.conftest import run_qanchor
-from tests.test_pretrain_cli import LORA, pretrain_args
+from tests.helpers.cli_args import LORA, pretrain_args
 
 
 @pytest.fixture(scope="module")

@@ -14,32 +14,27 @@ from pathlib import Path
 import pytest
 import torch
 
-from qanchor_pl.lightning_cli import run_pretrain
 from tests.conftest import ROOT, run_qanchor
+from tests.helpers.cli_args import LORA, RECIPE, SMALL, pretrain_args
 from tests.helpers.tb import scalars
 
-RECIPE = "recipes/pretrain/tiny-cpu.yaml"
-SMALL = ["--data.batch_size", "16", "--data.buffer_size", "64", "--trainer.log_every_n_steps", "1",
-         "--throughput.window", "2", "--trainer.enable_progress_bar", "false",
-         "--model.tiny.hidden_size", "64", "--model.tiny.intermediate_size", "128", "--model.head_hidden", "64",
-         "--model.warmup_steps", "2", "--data.max_answer_tokens", "32"]  # fmt: skip
-LORA = ["--model.lora.r", "4", "--model.lora.alpha", "8", "--model.lora.dropout", "0.1"]
-
-
-def pretrain_args(data, run_dir, steps, *extra):
-    return ["pretrain", "--config", RECIPE, "--data.data", str(data), "--run_dir", str(run_dir),
-            "--trainer.max_steps", str(steps), *SMALL, *extra]  # fmt: skip
+RECIPE_COMMANDS = {"pretrain": "run_pretrain", "tune": "run_tune"}
 
 
 @pytest.mark.parametrize(
-    "recipe", sorted(p.relative_to(ROOT) for p in (ROOT / "recipes/pretrain").glob("*.yaml"))
+    "recipe", sorted(p.relative_to(ROOT) for p in (ROOT / "recipes").rglob("*.yaml")), ids=str
 )
-def test_every_pretrain_recipe_loads_against_the_signatures(recipe):
+def test_every_recipe_loads_against_the_signatures(recipe):
+    """Each recipe is parsed and type-checked by the command of its folder (recipes/<command>/)."""
+    from qanchor_pl import lightning_cli
+
+    command = recipe.parts[1]
+    assert command in RECIPE_COMMANDS, f"{recipe}: recipes live in recipes/<{'|'.join(RECIPE_COMMANDS)}>/"
     out = io.StringIO()
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_:
-        run_pretrain(["--config", str(ROOT / recipe), "--print_config"])
+        getattr(lightning_cli, RECIPE_COMMANDS[command])(["--config", str(ROOT / recipe), "--print_config"])
     assert exit_.value.code in (0, None)
-    assert "model:" in out.getvalue() and "backbone:" in out.getvalue()
+    assert "model:" in out.getvalue() and "data:" in out.getvalue()
 
 
 def test_a_run_logs_checkpoints_refuses_to_mix_and_resumes_into_the_same_curve(built, tmp_path):

@@ -1,0 +1,258 @@
+"""``qanchor evaluate``: a linear probe per scenario on frozen embeddings -> AUC and KS.
+
+For each scenario, a logistic regression (scikit-learn, standardised inputs) is fitted on the
+users of the scenario's train split and scored on its test split; AUC and KS (max TPR - FPR over
+the ROC) come from torchmetrics. Baselines go through the very same probe:
+- ``minilm``: all-MiniLM-L6-v2 on a text rendering of each user's profile (the paper's "general
+  text-embedding model" row);
+- ``mean-events``: each modality's mean event vector, concatenated, plus the tabular features
+  (a static user embedding from the same inputs the model sees).
+Output: ``REPORT/metrics.json``, ``REPORT/report.md`` (the paper's Table 2 shape: scenarios as
+columns, average last, one table for AUC and one for KS) and TensorBoard (ROC curves, projector).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+import torch
+from torchmetrics.functional.classification import binary_auroc, binary_roc
+
+from data_modules.atomic import atomic_path, write_json
+from data_modules.encode import load_vectors
+from data_modules.manifest import Manifest
+from data_modules.scenarios import load_scenarios
+
+BASELINES = ("minilm", "mean-events")
+
+
+# -- the probe ----------------------------------------------------------------------------------
+def auc_ks(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    s, y = torch.from_numpy(scores).float(), torch.from_numpy(labels).long()
+    fpr, tpr, _ = binary_roc(s, y)
+    return {"auc": float(binary_auroc(s, y)), "ks": float((tpr - fpr).max())}
+
+
+def probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Positive-class scores of a logistic regression fitted on the train split."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if len(np.unique(y_train)) < 2:
+        raise ValueError("the train split has a single class; the probe cannot be fitted")
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000, random_state=seed))
+    clf.fit(x_train, y_train)
+    return clf.predict_proba(x_test)[:, 1]
+
+
+def benchmark(data: Path, scenario: str) -> pl.DataFrame:
+    path = data / "benchmarks" / f"{scenario}.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no benchmark for scenario '{scenario}'")
+    return pl.read_parquet(path)
+
+
+def evaluate_features(
+    features: dict[str, Any], data: Path, scenarios: list[str]
+) -> tuple[dict[str, dict[str, float]], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Probe every scenario. ``features``: scenario -> (user ids, matrix) or one shared (ids, matrix).
+    Returns (scenario -> {auc, ks}, scenario -> (test scores, test labels))."""
+    metrics, curves = {}, {}
+    for name in scenarios:
+        ids, mat = features[name] if name in features else features["*"]
+        row = {u: i for i, u in enumerate(ids)}
+        bench = benchmark(data, name)
+        missing = [u for u in bench["user_id"].to_list() if u not in row]
+        if missing:
+            raise ValueError(
+                f"scenario '{name}': {len(missing)} benchmark users have no embedding (e.g. {missing[:3]})"
+            )
+        parts = {}
+        for split in ("train", "test"):
+            b = bench.filter(pl.col("split") == split)
+            idx = np.array([row[u] for u in b["user_id"].to_list()])
+            parts[split] = (mat[idx], b["label"].to_numpy().astype(np.int64))
+        scores = probe(parts["train"][0], parts["train"][1], parts["test"][0])
+        metrics[name] = auc_ks(scores, parts["test"][1])
+        curves[name] = (scores, parts["test"][1])
+    return metrics, curves
+
+
+# -- feature sources ----------------------------------------------------------------------------
+def embedding_features(folder: Path) -> dict[str, tuple[list[str], np.ndarray]]:
+    """scenario -> (user ids, [N, E]) from a ``qanchor embed`` output folder."""
+    if not (folder / "manifest.json").exists():
+        raise FileNotFoundError(f"{folder}: no manifest.json; is the embedding job finished?")
+    table = pq.ParquetDataset(folder / "parts").read()
+    out = {}
+    scen = np.array(table.column("scenario").to_pylist())
+    users = np.array(table.column("user_id").to_pylist())
+    emb = np.stack(table.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float32)
+    for name in np.unique(scen):
+        keep = scen == name
+        out[str(name)] = (users[keep].tolist(), emb[keep])
+    return out
+
+
+def _profiles(data: Path, manifest: Manifest) -> pl.DataFrame:
+    cols = ["user_id", *(f"ev_{m}" for m in manifest.event_modalities), "tabular"]
+    return pl.concat([pl.read_parquet(data / n, columns=cols) for n in manifest.shard_files])
+
+
+def mean_event_features(data: Path) -> dict[str, tuple[list[str], np.ndarray]]:
+    """Per user: each modality's mean event vector (zeros if none), concatenated, plus tabular."""
+    manifest = Manifest.load(data)
+    prof = _profiles(data, manifest)
+    blocks = []
+    for m in manifest.event_modalities:
+        vec = np.asarray(load_vectors(data, m), dtype=np.float32)
+        means = np.zeros((prof.height, vec.shape[1]), dtype=np.float32)
+        for i, ids in enumerate(prof[f"ev_{m}"].to_list()):
+            if ids:
+                means[i] = vec[np.asarray(ids)].mean(0)
+        blocks.append(means)
+    tab = np.array(prof["tabular"].to_list(), dtype=np.float32) if manifest.tabular_features else None
+    mat = np.concatenate(blocks + ([tab] if tab is not None and tab.size else []), axis=1)
+    return {"*": (prof["user_id"].to_list(), mat)}
+
+
+def profile_texts(data: Path, top: int = 8) -> tuple[list[str], list[str]]:
+    """A text rendering of each user's history: per modality its most frequent events with counts."""
+    manifest = Manifest.load(data)
+    prof = _profiles(data, manifest)
+    vocab = {
+        m: pl.read_parquet(data / "vocab" / f"{m}.parquet").sort("id")["text"].to_list()
+        for m in manifest.event_modalities
+    }
+    texts = []
+    for row in prof.iter_rows(named=True):
+        pieces = []
+        for m in manifest.event_modalities:
+            common = Counter(row[f"ev_{m}"] or []).most_common(top)
+            if common:
+                pieces.append(f"{m}: " + "; ".join(f"{vocab[m][i]} x{c}" for i, c in common))
+        texts.append(". ".join(pieces) or "no activity")
+    return prof["user_id"].to_list(), texts
+
+
+def minilm_features(
+    data: Path, cache: Path | None = None, batch_size: int = 64
+) -> dict[str, tuple[list[str], np.ndarray]]:
+    """all-MiniLM-L6-v2 (mean pooled, 256 tokens) over :func:`profile_texts`; cached if ``cache``."""
+    from data_modules.encode import HFEncoder, minilm_path
+
+    users, texts = profile_texts(data)
+    if cache is not None and cache.exists():
+        mat = np.load(cache)
+        if mat.shape[0] == len(users):
+            return {"*": (users, mat)}
+    enc = HFEncoder(minilm_path(), pooling="mean", max_length=256)
+    mat = np.concatenate([enc(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]).astype(
+        np.float32
+    )
+    if cache is not None:
+        with atomic_path(cache) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, mat)
+    return {"*": (users, mat)}
+
+
+# -- reporting ----------------------------------------------------------------------------------
+def with_average(metrics: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    avg = {k: float(np.mean([m[k] for m in metrics.values()])) for k in ("auc", "ks")}
+    return {**metrics, "Avg": avg}
+
+
+def markdown(rows: dict[str, dict[str, dict[str, float]]], scenarios: list[str]) -> str:
+    lines = []
+    for metric in ("auc", "ks"):
+        head = ["Method", *scenarios, "Avg"]
+        lines += [f"**{metric.upper()}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for name, per in rows.items():
+            lines.append(
+                "| " + " | ".join([name, *(f"{per[s][metric]:.4f}" for s in [*scenarios, "Avg"])]) + " |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def log_tensorboard(
+    out: Path, curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], projector: tuple | None
+) -> None:
+    """ROC curves as scalar series (x = FPR in 1/1000, y = TPR) and an embedding projector sample."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(out / "tensorboard"))
+    grid = np.linspace(0, 1, 101)
+    for method, per in curves.items():
+        for scenario, (scores, labels) in per.items():
+            fpr, tpr, _ = binary_roc(torch.from_numpy(scores).float(), torch.from_numpy(labels).long())
+            tpr_at = np.interp(grid, fpr.numpy(), tpr.numpy())
+            for x, y in zip(grid, tpr_at):
+                writer.add_scalar(f"roc/{scenario}/{method}", float(y), global_step=int(round(x * 1000)))
+    if projector is not None:
+        mat, meta, header = projector
+        writer.add_embedding(torch.from_numpy(mat), metadata=meta, metadata_header=header, tag="users")
+    writer.close()
+
+
+def run_evaluate(
+    *,
+    embeddings: list[str],
+    data: str,
+    out: str,
+    names: list[str] | None = None,
+    baselines: tuple[str, ...] = BASELINES,
+    scenarios: str = "all",
+    projector_users: int = 500,
+) -> dict[str, Any]:
+    data_dir, out_dir = Path(data), Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    known = [s.name for s in load_scenarios(data_dir / "scenarios.json")]
+    chosen = known if scenarios == "all" else scenarios.split(",")
+    rows, curves = {}, {}
+    for b in baselines:
+        if b not in BASELINES:
+            raise ValueError(f"unknown baseline {b!r}; known: {BASELINES}")
+        feats = (
+            minilm_features(data_dir, out_dir / "minilm-profile.npy")
+            if b == "minilm"
+            else mean_event_features(data_dir)
+        )
+        metrics, curves[b] = evaluate_features(feats, data_dir, chosen)
+        rows[b] = with_average(metrics)
+    projector = None
+    for i, folder in enumerate(embeddings):
+        name = names[i] if names and i < len(names) else Path(folder).name
+        feats = embedding_features(Path(folder))
+        metrics, curves[name] = evaluate_features(feats, data_dir, chosen)
+        rows[name] = with_average(metrics)
+        if projector is None:
+            projector = _projector_sample(feats, data_dir, chosen, projector_users)
+    write_json(out_dir / "metrics.json", {"scenarios": chosen, "rows": rows})
+    with atomic_path(out_dir / "report.md") as tmp:
+        tmp.write_text(markdown(rows, chosen))
+    log_tensorboard(out_dir, curves, projector)
+    return {
+        "out": str(out_dir),
+        "rows": {n: {"auc": r["Avg"]["auc"], "ks": r["Avg"]["ks"]} for n, r in rows.items()},
+    }
+
+
+def _projector_sample(feats: dict, data: Path, scenarios: list[str], n: int) -> tuple | None:
+    """``n`` users' embeddings for the first scenario, labelled (user, label, split)."""
+    name = scenarios[0]
+    if name not in feats:
+        return None
+    ids, mat = feats[name]
+    bench = benchmark(data, name)
+    lab = dict(zip(bench["user_id"].to_list(), zip(bench["label"].to_list(), bench["split"].to_list())))
+    take = [i for i, u in enumerate(ids) if u in lab][:n]
+    meta = [[ids[i], f"{name}={lab[ids[i]][0]}", lab[ids[i]][1]] for i in take]
+    return mat[take], meta, ["user", "label", "split"]
