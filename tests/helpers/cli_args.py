@@ -18,5 +18,6 @@ def pretrain_args(data, run_dir, steps, *extra) -> list[str]:
 
 def tune_args(data, pretrained, run_dir, steps, *extra) -> list[str]:
     return ["tune", "--config", TUNE, "--model.pretrained", str(pretrained), "--data.data", str(data),
-            "--run_dir", str(run_dir), "--trainer.max_steps", str(steps), "--trainer.val_check_interval", "5",
+            "--run_dir", str(run_dir), "--trainer.max_steps", str(steps), "--trainer.check_val_every_n_epoch", "null",
+            "--trainer.val_check_interval", "5",
             "--data.batch_size", "16", "--trainer.enable_progress_bar", "false", *extra]  # fmt: skip

@@ -1,0 +1,60 @@
+"""`qanchor evaluate`: AUC/KS against first principles, the report, TensorBoard, and the kv-cache bench."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from qanchor_pl.evaluate import auc_ks, profile_texts
+from tests.conftest import run_qanchor
+from tests.helpers.tb import scalars
+
+
+def test_auc_and_ks_match_their_definitions():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    s = rng.normal(size=400) + 0.8 * y
+    got = auc_ks(s, y)
+    pos, neg = s[y == 1], s[y == 0]
+    auc = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (
+        len(pos) * len(neg)
+    )
+    ks = max(abs((pos >= t).mean() - (neg >= t).mean()) for t in np.unique(s))
+    assert abs(got["auc"] - auc) < 1e-6 and abs(got["ks"] - ks) < 1e-6
+
+
+def test_profile_texts_render_each_users_frequent_events(built):
+    users, texts = profile_texts(built)
+    assert len(users) == len(texts) == 300 and len(set(users)) == 300
+    assert all(t for t in texts) and any("bill: " in t and " x" in t for t in texts)
+
+
+def test_evaluate_writes_metrics_table_and_tensorboard(built, pretrained, tmp_path):
+    run_qanchor("embed", "--model", str(pretrained), "--data", str(built), "--scenarios", "all",
+                "--out", str(tmp_path / "emb"), "--accelerator", "cpu", "--batch-size", "64")  # fmt: skip
+    report = json.loads(run_qanchor("evaluate", "--embeddings", str(tmp_path / "emb"), "--names", "Q-Anchor",
+                                    "--data", str(built), "--out", str(tmp_path / "rep")).stdout)  # fmt: skip
+    assert set(report["rows"]) == {"minilm", "mean-events", "Q-Anchor"}
+    metrics = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    scenarios = metrics["scenarios"]
+    assert len(scenarios) == 10
+    for row in metrics["rows"].values():
+        assert set(row) == {*scenarios, "Avg"}
+        assert all(0 <= row[s]["auc"] <= 1 and 0 <= row[s]["ks"] <= 1 for s in scenarios)
+        assert abs(row["Avg"]["auc"] - np.mean([row[s]["auc"] for s in scenarios])) < 1e-9
+    table = (tmp_path / "rep" / "report.md").read_text()
+    assert table.count("| Q-Anchor |") == 2 and "| Method | " + " | ".join(scenarios) + " | Avg |" in table
+    tb = scalars(tmp_path / "rep" / "tensorboard")
+    roc = tb[f"roc/{scenarios[0]}/Q-Anchor"]
+    assert roc[0] == (0, roc[0][1]) and roc[-1][0] == 1000 and abs(roc[-1][1] - 1.0) < 1e-6
+    assert list((tmp_path / "rep" / "tensorboard").rglob("projector_config.pbtxt"))
+
+
+def test_kv_cache_bench_reports_speedups():
+    out = json.loads(run_qanchor("bench", "kv-cache", "--users", "2", "--scenarios", "3", "--hidden", "64",
+                                 "--layers", "1", "--intermediate", "128", "--repeats", "1", "--json").stdout)  # fmt: skip
+    assert out["prefix_tokens"] > 600 and out["suffix_tokens"] == 21
+    assert out["max_abs_diff"] < 1e-5 and out["speedup"] > 0
+    n, p, q = 3, out["prefix_tokens"], out["suffix_tokens"]
+    assert abs(out["ideal_speedup"] - round(n * (p + q) / (p + n * q), 2)) < 1e-9
