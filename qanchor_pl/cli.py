@@ -193,18 +193,20 @@ def _parser() -> argparse.ArgumentParser:
     x.set_defaults(func=_export)
 
     em = sub.add_parser("embed", help="every user's embedding for every scenario (prefix KV cache)")
-    em.add_argument("--model", required=True, help="an export folder or a pretraining checkpoint")
-    em.add_argument("--data", required=True)
+    em.add_argument("--config", help="a YAML recipe whose keys are these options (command line wins)")
+    em.add_argument("--model", help="an export folder or a pretraining checkpoint (required)")
+    em.add_argument("--data", help="a built data set (required)")
     em.add_argument("--scenarios", default="all", help="'all' or a comma-separated list")
     em.add_argument("--prompts", help="folder of tuned prompts (<DIR>/<scenario>/prompt/, from qanchor tune)")
-    em.add_argument("--out", required=True)
+    em.add_argument("--out", help="output folder (required)")
     em.add_argument("--no-kv-cache", action="store_true", help="run each (user, scenario) in full")
     em.add_argument("--batch-size", type=int, default=64)
     em.add_argument("--part-batches", type=int, default=16, help="batches per output part")
     em.add_argument("--devices", type=int, default=1, help="processes (DDP predict), one part set each")
     em.add_argument("--accelerator", default="auto")
     em.add_argument("--workers", type=int, default=0)
-    em.set_defaults(func=_embed)
+    em.set_defaults(func=_embed, required_options=("model", "data", "out"))
+    RECIPE_PARSERS["embed"] = em
 
     ev = sub.add_parser("evaluate", help="linear probe per scenario: AUC, KS, report table, TensorBoard")
     ev.add_argument("--embeddings", nargs="*", default=[], help="qanchor embed output folders (one row each)")
@@ -262,6 +264,24 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+RECIPE_PARSERS: dict[str, argparse.ArgumentParser] = {}  # subcommands that accept --config YAML
+
+
+def apply_recipe(parser: argparse.ArgumentParser, path: str) -> None:
+    """Use a YAML recipe's keys (option names, '-' or '_') as the subcommand's defaults."""
+    import yaml
+
+    values = yaml.safe_load(open(path)) or {}
+    known = {a.dest for a in parser._actions}
+    dests = {k.replace("-", "_"): v for k, v in values.items()}
+    unknown = sorted(set(dests) - known)
+    if unknown:
+        raise SystemExit(
+            f"error: {path}: unknown keys {unknown}; expected some of {sorted(known - {'help', 'config'})}"
+        )
+    parser.set_defaults(**dests)
+
+
 LIGHTNING_COMMANDS = {"pretrain": "run_pretrain", "tune": "run_tune"}
 
 
@@ -273,7 +293,12 @@ def main(argv: list[str] | None = None) -> int:
         getattr(lightning_cli, LIGHTNING_COMMANDS[argv[0]])(argv[1:])
         return 0
     parser = _parser()
+    if argv and argv[0] in RECIPE_PARSERS and "--config" in argv:
+        apply_recipe(RECIPE_PARSERS[argv[0]], argv[argv.index("--config") + 1])
     args, unknown = parser.parse_known_args(argv)
+    missing = [o for o in getattr(args, "required_options", ()) if getattr(args, o, None) in (None, "")]
+    if missing:
+        parser.error(f"{args.command}: missing " + ", ".join(f"--{o.replace('_', '-')}" for o in missing))
     if unknown:
         if getattr(args, "func", None) is not _bench_train:
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")

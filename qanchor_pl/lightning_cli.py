@@ -24,8 +24,9 @@ from typing import Any
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 
-from callbacks import SampleAuditLog, ThroughputLogger
+from callbacks import SampleAuditLog, SlurmPreemption, ThroughputLogger
 from qanchor_pl.checkpoint_io import AtomicCheckpointIO
 
 # `qanchor pretrain ARGS` hands ARGS over explicitly; sys.argv keeps the full command so that DDP
@@ -48,6 +49,11 @@ def scenario_dir(run_dir: str, scenario: str) -> str:
 
 def scenario_checkpoint_dir(run_dir: str, scenario: str) -> str:
     return checkpoint_dir(scenario_dir(run_dir, scenario))
+
+
+def uses_deepspeed(strategy: Any) -> bool:
+    name = strategy if isinstance(strategy, str) else type(strategy).__name__
+    return "deepspeed" in str(name).lower()
 
 
 def tensorboard_version() -> str:
@@ -75,6 +81,7 @@ class QAnchorCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({f"checkpoint.{k}": v for k, v in self.checkpoint_defaults.items()})
         parser.add_lightning_class_args(ThroughputLogger, "throughput")
+        parser.add_lightning_class_args(SlurmPreemption, "preemption")
         self.link_run_dir(parser)
 
     def link_run_dir(self, parser: LightningArgumentParser) -> None:
@@ -86,8 +93,12 @@ class QAnchorCLI(LightningCLI):
             config["logger"] = TensorBoardLogger(
                 save_dir=config["default_root_dir"], name="tensorboard", version=tensorboard_version()
             )
-        if not config.get("plugins"):
-            config["plugins"] = [AtomicCheckpointIO()]
+        plugins = list(config.get("plugins") or [])
+        if not plugins and not uses_deepspeed(config.get("strategy")):
+            plugins.append(AtomicCheckpointIO())  # DeepSpeed writes its own checkpoint folders
+        if SLURMEnvironment.detect():  # pre-emption is handled at step boundaries by SlurmPreemption
+            plugins.append(SLURMEnvironment(auto_requeue=False))
+        config["plugins"] = plugins or None
         return super()._instantiate_trainer(config, callbacks)
 
     def before_fit(self) -> None:
@@ -98,9 +109,21 @@ class QAnchorCLI(LightningCLI):
                 f"error: {last} exists: pass --ckpt_path last to resume that run, or choose a new --run_dir"
             )
 
+    def resume_path(self) -> str | None:
+        """``--ckpt_path last`` means the newest of ``checkpoints/last.ckpt`` and the checkpoints
+        Lightning writes on SLURM's pre-emption signal (``RUN/hpc_ckpt_N.ckpt``); None if neither
+        exists yet (a first start with --ckpt_path last is a fresh start)."""
+        ckpt_path = self.config.get("ckpt_path")
+        if ckpt_path != "last":
+            return ckpt_path
+        candidates = [Path(self.config["checkpoint"]["dirpath"]) / "last.ckpt"]
+        candidates += Path(self.config["trainer"]["default_root_dir"]).glob("hpc_ckpt_*.ckpt")
+        existing = [p for p in candidates if p.exists()]
+        return str(max(existing, key=lambda p: p.stat().st_mtime)) if existing else None
+
     def fit(self) -> None:
         self.before_fit()
-        self.trainer.fit(self.model, datamodule=self.datamodule, ckpt_path=self.config.get("ckpt_path"))
+        self.trainer.fit(self.model, datamodule=self.datamodule, ckpt_path=self.resume_path())
 
 
 class PretrainCLI(QAnchorCLI):

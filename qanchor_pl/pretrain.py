@@ -255,6 +255,8 @@ class PretrainModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.model is None:  # built lazily: the checkpoint says how
             self._build(QAnchorConfig.from_dict(checkpoint["qanchor"]["model_config"]).inputs)
+        if "state_dict" not in checkpoint:  # DeepSpeed: its engine restores the (sharded) weights
+            return
         missing = sorted(self.trainable_keys() - set(checkpoint["state_dict"]))
         if missing:
             raise KeyError(

@@ -1,0 +1,166 @@
+"""The real slurm/pretrain.sbatch on a real one-node SLURM cluster (slurm/local/start.sh):
+a 2-task CPU DDP job, and a job pre-empted with SIGUSR1 that requeues itself and resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import ROOT
+from tests.helpers.cli_args import SMALL
+from tests.helpers.tb import scalars
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    missing = [b for b in ("slurmctld", "slurmd", "sbatch", "munged") if shutil.which(b) is None]
+    if missing:
+        pytest.skip(f"SLURM is not installed here (missing {missing}); apt-get install slurm-wlm munge")
+    if os.geteuid() != 0:
+        pytest.skip("the local SLURM cluster runs its daemons as root (SlurmUser=root)")
+    folder = tmp_path_factory.mktemp("slurm")
+    env = dict(os.environ, SLURMCTLD_PORT=str(_free_port()), SLURMD_PORT=str(_free_port()))
+    try:
+        start = subprocess.run([str(ROOT / "slurm/local/start.sh"), str(folder), "2"], env=env,
+                               capture_output=True, text=True, timeout=120)  # fmt: skip
+        if start.returncode != 0:
+            logs = "\n".join(p.read_text()[-2000:] for p in (folder / "log").glob("*.log"))
+            pytest.fail(f"local SLURM cluster did not start:\n{start.stderr}\n{logs}")
+        yield dict(os.environ, SLURM_CONF=str(folder / "slurm.conf"))
+    finally:
+        subprocess.run([str(ROOT / "slurm/local/stop.sh"), str(folder)], timeout=60)
+
+
+def submit(env, built, run_dir: Path, steps: int, *extra: str) -> str:
+    qanchor = Path(sys.executable).parent / "qanchor"
+    extra_args = " ".join(["--trainer.accelerator", "cpu", "--trainer.strategy", "ddp",
+                           "--trainer.max_steps", str(steps), "--sample_audit.ids", "true", *SMALL, *extra])  # fmt: skip
+    export = ",".join(["ALL", "RECIPE=recipes/pretrain/tiny-cpu.yaml", f"RUN_DIR={run_dir}", f"DATA={built}",
+                       f"QANCHOR={qanchor}", f"EXTRA_ARGS={extra_args}"])  # fmt: skip
+    out = subprocess.run(
+        ["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1",
+         f"--output={run_dir}/slurm-%j.out", f"--error={run_dir}/slurm-%j.err", f"--export={export}",
+         str(ROOT / "slurm/pretrain.sbatch")],
+        cwd=ROOT, env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return out.stdout.strip().split(";")[0]
+
+
+def job_info(env, job: str) -> dict[str, str]:
+    out = subprocess.run(["scontrol", "show", "job", job], env=env, capture_output=True, text=True).stdout
+    return dict(re.findall(r"(\w+)=(\S+)", out))
+
+
+def wait_done(env, job: str, timeout: float = 400) -> dict[str, str]:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        info = job_info(env, job)
+        if info.get("JobState") in (
+            "COMPLETED",
+            "FAILED",
+            "CANCELLED",
+            "TIMEOUT",
+            "NODE_FAIL",
+            "OUT_OF_MEMORY",
+        ):
+            return info
+        time.sleep(1)
+    raise AssertionError(f"job {job} still {job_info(env, job).get('JobState')} after {timeout} s")
+
+
+def audit(run_dir: Path, rank: int) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / f"samples-rank{rank}.jsonl").read_text().splitlines()]
+
+
+def logs(run_dir: Path) -> str:
+    return "\n".join(p.read_text()[-3000:] for p in sorted(run_dir.glob("slurm-*")))
+
+
+def test_two_task_ddp_job_with_the_real_sbatch_script(cluster, built, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    job = submit(cluster, built, run, 6)
+    info = wait_done(cluster, job)
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", logs(run)
+    assert "MEMBER: 2/2" in logs(run)  # Lightning's DDP on SLURM, world size 2
+    assert [len(audit(run, r)) for r in (0, 1)] == [6, 6]
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 6
+    assert [p.name for p in (run / "tensorboard").iterdir()] == [job]  # version = SLURM job id
+    assert [s for s, _ in scalars(run / "tensorboard" / job)["train/loss"]] == list(range(6))
+
+
+def test_sigusr1_preemption_requeues_and_resumes_without_losing_or_repeating_samples(
+    cluster, built, tmp_path
+):
+    run = tmp_path / "run"
+    run.mkdir()
+    steps, per_epoch = 14, -(-150 // 16)  # 150 users per rank, 16 per step: 10 steps per epoch
+    job = submit(cluster, built, run, steps, "--checkpoint.every_n_train_steps", "1000")
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        path = run / "samples-rank0.jsonl"
+        if path.exists() and len(path.read_text().splitlines()) >= 5:
+            break
+        assert job_info(cluster, job).get("JobState") in ("PENDING", "RUNNING"), logs(run)
+        time.sleep(0.1)
+    subprocess.run(["scancel", "--signal=USR1", job], env=cluster, check=True)
+    # SLURM holds a requeued job back for a while (BeginTime); a waiting test releases it at once
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        info = job_info(cluster, job)
+        if int(info.get("Restarts", 0)) >= 1 and info.get("JobState") == "PENDING":
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=cluster, check=True)
+            break
+        time.sleep(0.2)
+    info = wait_done(cluster, job, timeout=600)
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", logs(run)
+    assert int(info["Restarts"]) == 1, logs(run)
+    assert list(run.glob("hpc_ckpt_*.ckpt")), "no checkpoint was saved on SIGUSR1"
+    assert [p.name for p in (run / "tensorboard").iterdir()] == [job]  # one curve across the requeue
+    tb_steps = sorted({s for s, _ in scalars(run / "tensorboard" / job)["train/loss"]})
+    assert tb_steps == list(range(steps))
+    ranks = [audit(run, r) for r in (0, 1)]
+    for rows in ranks:
+        assert [row["step"] for row in rows] == list(range(steps))  # none lost, none repeated
+    epoch0 = [u for rows in ranks for row in rows[:per_epoch] for u in row["users"]]
+    assert len(epoch0) == len(set(epoch0)) == 300  # every user exactly once in the first epoch
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == steps
+
+
+def test_embedding_job_with_the_real_sbatch_script_writes_a_part_set_per_task(
+    cluster, built, pretrained, tmp_path
+):
+    out = tmp_path / "emb"
+    qanchor = Path(sys.executable).parent / "qanchor"
+    export = ",".join(["ALL", "RECIPE=recipes/embed/tiny-cpu.yaml", f"MODEL={pretrained}", f"DATA={built}",
+                       f"OUT={out}", f"QANCHOR={qanchor}", "EXTRA_ARGS=--batch-size 16 --scenarios Takeout"])  # fmt: skip
+    job = subprocess.run(
+        ["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1",
+         f"--output={tmp_path}/slurm-%j.out", f"--error={tmp_path}/slurm-%j.err", f"--export={export}",
+         str(ROOT / "slurm/embed.sbatch")],
+        cwd=ROOT, env=cluster, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    info = wait_done(cluster, job)
+    assert info["JobState"] == "COMPLETED", logs(tmp_path)
+    assert {p.name.split("-")[1] for p in (out / "parts").glob("*.parquet")} == {"r000", "r001"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["rows"] == 300 and manifest["job"]["devices"] == 2  # every user once
