@@ -7,8 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN        := $(VENV)/bin
 PY         := $(BIN)/python
 STAMP      := $(VENV)/.installed
-DEMO_DIR   ?= runs/demo
-DEMO_USERS ?= 4000
+DEMO_DIR   ?= $(if $(FAST),runs/demo-fast,runs/demo)
 export PYTHONHASHSEED := 0
 
 .PHONY: install test demo lint bench clean
@@ -27,14 +26,7 @@ test: $(STAMP)
 	$(BIN)/pytest -q tests
 
 demo: $(STAMP)
-	$(BIN)/qanchor synth --out $(DEMO_DIR)/raw --users $(DEMO_USERS) --seed 0
-	$(BIN)/qanchor build --raw $(DEMO_DIR)/raw --out $(DEMO_DIR)/data
-	$(BIN)/qanchor encode --data $(DEMO_DIR)/data --encoder hash
-	$(BIN)/qanchor bench data --data $(DEMO_DIR)/data --json
-	$(BIN)/qanchor pretrain --config recipes/pretrain/tiny-cpu.yaml --data.data $(DEMO_DIR)/data \
-		--run_dir $(DEMO_DIR)/pretrain/base --ckpt_path last
-	$(BIN)/qanchor export --ckpt $(DEMO_DIR)/pretrain/base/checkpoints/last.ckpt \
-		--out $(DEMO_DIR)/export/base --overwrite
+	$(BIN)/qanchor demo --out $(DEMO_DIR) $(if $(FAST),--fast,)
 
 lint: $(STAMP)
 	$(BIN)/ruff check qanchor_pl data_modules callbacks tests

@@ -135,6 +135,13 @@ def _bench_kv(args: argparse.Namespace) -> dict:
     )  # fmt: skip
 
 
+def _demo(args: argparse.Namespace) -> dict:
+    from qanchor_pl.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig.fast(args.out) if args.fast else DemoConfig(out=args.out)
+    return run_demo(cfg)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qanchor", description="Query-as-Anchor user embeddings pipeline")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -216,6 +223,11 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--baselines", default="minilm,mean-events", help="comma-separated, or 'none'")
     ev.add_argument("--scenarios", default="all")
     ev.set_defaults(func=_evaluate)
+
+    dm = sub.add_parser("demo", help="the whole pipeline on the synthetic world, ending in the result tables")
+    dm.add_argument("--out", default="runs/demo")
+    dm.add_argument("--fast", action="store_true", help="a small, ~3-minute version (used by a test)")
+    dm.set_defaults(func=_demo)
 
     mb = sub.add_parser(
         "make-backbone", help="a random-weight LM with a published shape (speed/memory checks offline)"

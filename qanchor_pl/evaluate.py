@@ -142,9 +142,9 @@ def profile_texts(data: Path, top: int = 8) -> tuple[list[str], list[str]]:
 
 
 def minilm_features(
-    data: Path, cache: Path | None = None, batch_size: int = 64
+    data: Path, cache: Path | None = None, batch_size: int = 64, max_tokens: int = 256
 ) -> dict[str, tuple[list[str], np.ndarray]]:
-    """all-MiniLM-L6-v2 (mean pooled, 256 tokens) over :func:`profile_texts`; cached if ``cache``."""
+    """all-MiniLM-L6-v2 (mean pooled, ``max_tokens``) over :func:`profile_texts`; cached if ``cache``."""
     from data_modules.encode import HFEncoder, minilm_path
 
     users, texts = profile_texts(data)
@@ -152,7 +152,7 @@ def minilm_features(
         mat = np.load(cache)
         if mat.shape[0] == len(users):
             return {"*": (users, mat)}
-    enc = HFEncoder(minilm_path(), pooling="mean", max_length=256)
+    enc = HFEncoder(minilm_path(), pooling="mean", max_length=max_tokens)
     mat = np.concatenate([enc(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]).astype(
         np.float32
     )
@@ -211,6 +211,7 @@ def run_evaluate(
     baselines: tuple[str, ...] = BASELINES,
     scenarios: str = "all",
     projector_users: int = 500,
+    profile_tokens: int = 256,
 ) -> dict[str, Any]:
     data_dir, out_dir = Path(data), Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
