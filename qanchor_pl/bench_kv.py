@@ -62,9 +62,8 @@ def bench_kv_cache(
     tabular_dim: int = 64,
     repeats: int = 3,
 ) -> dict[str, Any]:
-    caps = dict(PAPER_CAPS)
     inputs = DataInputs(
-        tokenizer=str(minilm_path()), modalities=tuple(caps), event_dims=dict.fromkeys(caps, event_dim),
+        tokenizer=str(minilm_path()), modalities=tuple(PAPER_CAPS), event_dims=dict.fromkeys(PAPER_CAPS, event_dim),
         tabular_dim=tabular_dim,
     )  # fmt: skip
     shape = TinyBackbone(hidden_size=hidden, num_layers=layers, num_heads=heads, num_kv_heads=kv_heads,

@@ -189,7 +189,7 @@ class EmbedDataModule(L.LightningDataModule):
 
         world, rank = self.trainer.world_size, self.trainer.global_rank
         start = finished_parts(self.out, rank) * self.part_batches
-        ds = self.data.profile_dataset(world_size=world, rank=rank, start_batch=min(start, 10**12))
+        ds = self.data.profile_dataset(world_size=world, rank=rank, start_batch=start)
         return UserStreamLoader(ds, num_workers=self.data.hparams.num_workers)
 
 
