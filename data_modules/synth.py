@@ -6,6 +6,10 @@ renders events as text ("Paid 20-50 CNY at Meituan Takeout"). History (90 days) 
 are drawn independently from Poisson processes whose future rates drift per user, so a scenario
 label -- "triggers at least one target event in the future window" -- is behaviour, not a formula
 of the traits: the history is evidence, never the answer.
+
+``lead_days`` prepends that many days of behaviour at the history's rates, so that a model can be
+pretrained on an earlier cutoff (its D_future window ends where the label window starts) and be
+evaluated on labels it never saw: the demo's time split.
 """
 
 from __future__ import annotations
@@ -279,11 +283,15 @@ def _tabular(rng: np.random.Generator, traits: np.ndarray) -> dict[str, np.ndarr
     }
 
 
-def generate(n_users: int, seed: int, *, activity: float = 1.0) -> tuple[pa.Table, pa.Table]:
+def generate(
+    n_users: int, seed: int, *, activity: float = 1.0, lead_days: int = 0
+) -> tuple[pa.Table, pa.Table]:
     """Return (events, users) tables for ``n_users`` users; deterministic in ``seed``.
 
-    ``activity`` scales every event rate (use ~4 to fill the paper's event caps).
+    ``activity`` scales every event rate (use ~4 to fill the paper's event caps); ``lead_days``
+    lengthens the past (at the history's rates) before the last ``HISTORY_DAYS`` and the future.
     """
+    past_days = HISTORY_DAYS + lead_days
     rng = np.random.default_rng(seed)
     n_act = len(CATALOG)
     traits = rng.standard_normal((n_users, len(TRAITS)))
@@ -292,7 +300,7 @@ def generate(n_users: int, seed: int, *, activity: float = 1.0) -> tuple[pa.Tabl
     # Per user-activity idiosyncrasy (taste not explained by traits) and a future drift.
     log_rate = base + traits @ loadings.T * 0.9 + 0.5 * rng.standard_normal((n_users, n_act))
     future_log_rate = log_rate + 0.6 * rng.standard_normal((n_users, n_act))
-    hist_counts = rng.poisson(np.exp(log_rate) * HISTORY_DAYS)
+    hist_counts = rng.poisson(np.exp(log_rate) * past_days)
     fut_counts = rng.poisson(np.exp(future_log_rate) * FUTURE_DAYS)
 
     counts = np.concatenate([hist_counts.ravel(), fut_counts.ravel()])
@@ -329,8 +337,8 @@ def generate(n_users: int, seed: int, *, activity: float = 1.0) -> tuple[pa.Tabl
     n_bands = np.array([len(BAND_NAMES) if a.amount else 1 for a in CATALOG])
     text_idx = offsets[act_idx] + item_idx * n_bands[act_idx] + np.where(has_amount, band, 0)
 
-    day = np.where(is_future, HISTORY_DAYS, 0) + rng.random(n_events) * np.where(
-        is_future, FUTURE_DAYS, HISTORY_DAYS
+    day = np.where(is_future, past_days, 0) + rng.random(n_events) * np.where(
+        is_future, FUTURE_DAYS, past_days
     )
     start_us = int(START.replace(tzinfo=dt.timezone.utc).timestamp() * 1_000_000)
     ts = start_us + (day * 86_400_000_000).astype(np.int64)
@@ -359,14 +367,18 @@ def generate(n_users: int, seed: int, *, activity: float = 1.0) -> tuple[pa.Tabl
     return events, users
 
 
-def write_world(out: str | Path, n_users: int, seed: int, *, activity: float = 1.0, n_files: int = 4) -> dict:
+def write_world(
+    out: str | Path, n_users: int, seed: int, *, activity: float = 1.0, n_files: int = 4, lead_days: int = 0
+) -> dict:
     """Write ``events/part-*.parquet``, ``users.parquet`` and ``scenarios.json`` under ``out``."""
+    if lead_days < 0:
+        raise ValueError(f"lead_days must be >= 0, got {lead_days}")
     out = Path(out)
-    events, users = generate(n_users, seed, activity=activity)
+    events, users = generate(n_users, seed, activity=activity, lead_days=lead_days)
     per_file = -(-events.num_rows // n_files) if events.num_rows else 1
     for k in range(n_files):
         write_parquet(out / "events" / f"part-{k:05d}.parquet", events.slice(k * per_file, per_file))
     write_parquet(out / "users.parquet", users)
     save_scenarios(out / "scenarios.json", list(SCENARIOS))
-    cutoff = START + dt.timedelta(days=HISTORY_DAYS)
+    cutoff = START + dt.timedelta(days=HISTORY_DAYS + lead_days)
     return {"users": n_users, "events": events.num_rows, "cutoff": cutoff.isoformat(), "out": str(out)}

@@ -15,7 +15,9 @@ from data_modules.errors import DataError
 def _synth(args: argparse.Namespace) -> dict:
     from data_modules.synth import write_world
 
-    return write_world(args.out, args.users, args.seed, activity=args.activity, n_files=args.files)
+    return write_world(
+        args.out, args.users, args.seed, activity=args.activity, n_files=args.files, lead_days=args.lead_days
+    )
 
 
 def _build(args: argparse.Namespace) -> dict:
@@ -123,6 +125,8 @@ def _evaluate(args: argparse.Namespace) -> dict:
         out=args.out,
         baselines=baselines,
         scenarios=args.scenarios,
+        profile_tokens=args.profile_tokens,
+        compare=[tuple(pair) for pair in args.compare or []],
     )
 
 
@@ -155,6 +159,10 @@ def _parser() -> argparse.ArgumentParser:
         "--activity", type=float, default=1.0, help="scale every event rate (4 fills the paper's caps)"
     )
     s.add_argument("--files", type=int, default=4, help="number of events parquet files")
+    s.add_argument(
+        "--lead-days", type=int, default=0,
+        help="extra days of past behaviour before the 90-day history (room for a pretraining cutoff)",
+    )  # fmt: skip
     s.set_defaults(func=_synth)
 
     b = sub.add_parser("build", help="raw logs -> UserU shards, vocabularies, benchmarks, manifest")
@@ -220,8 +228,16 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--names", help="comma-separated row names for --embeddings (default: folder names)")
     ev.add_argument("--data", required=True)
     ev.add_argument("--out", required=True, help="report folder")
-    ev.add_argument("--baselines", default="minilm,mean-events", help="comma-separated, or 'none'")
+    ev.add_argument(
+        "--baselines", default="minilm,mean-events,event-counts",
+        help="comma-separated from minilm, mean-events, event-counts; or 'none'",
+    )  # fmt: skip
     ev.add_argument("--scenarios", default="all")
+    ev.add_argument("--profile-tokens", type=int, default=256, help="MiniLM token cap on the profile text")
+    ev.add_argument(
+        "--compare", nargs=2, action="append", metavar=("A", "B"),
+        help="rows A and B: paired-bootstrap 95%% interval of Avg AUC(A) - AUC(B); repeatable",
+    )  # fmt: skip
     ev.set_defaults(func=_evaluate)
 
     dm = sub.add_parser("demo", help="the whole pipeline on the synthetic world, ending in the result tables")

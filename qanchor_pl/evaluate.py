@@ -6,13 +6,17 @@ the ROC) come from torchmetrics. Baselines go through the very same probe:
 - ``minilm``: all-MiniLM-L6-v2 on a text rendering of each user's profile (the paper's "general
   text-embedding model" row);
 - ``mean-events``: each modality's mean event vector, concatenated, plus the tabular features
-  (a static user embedding from the same inputs the model sees).
+  (a static user embedding from the same inputs the model sees);
+- ``event-counts``: log(1 + count) of every distinct event text in the history, plus tabular (the
+  bag of events; in the synthetic world, where events are independent draws from per-user rates,
+  it is close to a sufficient statistic, so it is the reference a learned embedding is measured by).
 Output: ``REPORT/metrics.json``, ``REPORT/report.md`` (the paper's Table 2 shape: scenarios as
 columns, average last, one table for AUC and one for KS) and TensorBoard (ROC curves, projector).
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -27,8 +31,10 @@ from data_modules.atomic import atomic_path, write_json
 from data_modules.encode import load_vectors
 from data_modules.manifest import Manifest
 from data_modules.scenarios import load_scenarios
+from qanchor_pl.significance import bootstrap_avg_auc, paired_delta
 
-BASELINES = ("minilm", "mean-events")
+log = logging.getLogger(__name__)
+BASELINES = ("minilm", "mean-events", "event-counts")
 
 
 # -- the probe ----------------------------------------------------------------------------------
@@ -78,9 +84,16 @@ def evaluate_features(
             b = bench.filter(pl.col("split") == split)
             idx = np.array([row[u] for u in b["user_id"].to_list()])
             parts[split] = (mat[idx], b["label"].to_numpy().astype(np.int64))
+        test_labels = parts["test"][1]
+        if len(np.unique(test_labels)) < 2:
+            # AUC and KS are undefined: the cell reads n/a and the average skips it
+            log.warning("scenario '%s': the test split has only label %d (%d users); AUC/KS undefined",
+                        name, int(test_labels[0]) if len(test_labels) else -1, len(test_labels))  # fmt: skip
+            metrics[name] = {"auc": None, "ks": None}
+            continue
         scores = probe(parts["train"][0], parts["train"][1], parts["test"][0])
-        metrics[name] = auc_ks(scores, parts["test"][1])
-        curves[name] = (scores, parts["test"][1])
+        metrics[name] = auc_ks(scores, test_labels)
+        curves[name] = (scores, test_labels)
     return metrics, curves
 
 
@@ -105,6 +118,13 @@ def _profiles(data: Path, manifest: Manifest) -> pl.DataFrame:
     return pl.concat([pl.read_parquet(data / n, columns=cols) for n in manifest.shard_files])
 
 
+def _with_tabular(blocks: list[np.ndarray], prof: pl.DataFrame, manifest: Manifest) -> dict:
+    """The per-modality blocks and the tabular features side by side, keyed "*" (every scenario)."""
+    tab = np.array(prof["tabular"].to_list(), dtype=np.float32) if manifest.tabular_features else None
+    mat = np.concatenate(blocks + ([tab] if tab is not None and tab.size else []), axis=1)
+    return {"*": (prof["user_id"].to_list(), mat)}
+
+
 def mean_event_features(data: Path) -> dict[str, tuple[list[str], np.ndarray]]:
     """Per user: each modality's mean event vector (zeros if none), concatenated, plus tabular."""
     manifest = Manifest.load(data)
@@ -117,9 +137,22 @@ def mean_event_features(data: Path) -> dict[str, tuple[list[str], np.ndarray]]:
             if ids:
                 means[i] = vec[np.asarray(ids)].mean(0)
         blocks.append(means)
-    tab = np.array(prof["tabular"].to_list(), dtype=np.float32) if manifest.tabular_features else None
-    mat = np.concatenate(blocks + ([tab] if tab is not None and tab.size else []), axis=1)
-    return {"*": (prof["user_id"].to_list(), mat)}
+    return _with_tabular(blocks, prof, manifest)
+
+
+def event_count_features(data: Path) -> dict[str, tuple[list[str], np.ndarray]]:
+    """Per user: log(1 + count) of each vocabulary entry of each modality, plus tabular."""
+    manifest = Manifest.load(data)
+    prof = _profiles(data, manifest)
+    blocks = []
+    for m in manifest.event_modalities:
+        size = pl.scan_parquet(data / "vocab" / f"{m}.parquet").select(pl.len()).collect().item()
+        counts = np.zeros((prof.height, size), dtype=np.float32)
+        for i, ids in enumerate(prof[f"ev_{m}"].to_list()):
+            if ids:
+                np.add.at(counts[i], np.asarray(ids), 1.0)
+        blocks.append(np.log1p(counts))
+    return _with_tabular(blocks, prof, manifest)
 
 
 def profile_texts(data: Path, top: int = 8) -> tuple[list[str], list[str]]:
@@ -164,9 +197,15 @@ def minilm_features(
 
 
 # -- reporting ----------------------------------------------------------------------------------
-def with_average(metrics: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-    avg = {k: float(np.mean([m[k] for m in metrics.values()])) for k in ("auc", "ks")}
+def with_average(metrics: dict[str, dict[str, float | None]]) -> dict[str, dict[str, float | None]]:
+    """Add "Avg": the mean over the scenarios whose AUC/KS is defined."""
+    defined = [m for m in metrics.values() if m["auc"] is not None]
+    avg = {k: float(np.mean([m[k] for m in defined])) if defined else None for k in ("auc", "ks")}
     return {**metrics, "Avg": avg}
+
+
+def _cell(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def markdown(rows: dict[str, dict[str, dict[str, float]]], scenarios: list[str]) -> str:
@@ -175,11 +214,29 @@ def markdown(rows: dict[str, dict[str, dict[str, float]]], scenarios: list[str])
         head = ["Method", *scenarios, "Avg"]
         lines += [f"**{metric.upper()}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for name, per in rows.items():
-            lines.append(
-                "| " + " | ".join([name, *(f"{per[s][metric]:.4f}" for s in [*scenarios, "Avg"])]) + " |"
-            )
+            cells = [_cell(per[s][metric]) for s in [*scenarios, "Avg"]]
+            if metric == "auc" and "auc_se" in per["Avg"]:
+                cells[-1] += f" ± {per['Avg']['auc_se']:.4f}"
+            lines.append("| " + " | ".join([name, *cells]) + " |")
+        if metric == "auc" and any("auc_se" in per["Avg"] for per in rows.values()):
+            lines += ["", "± : bootstrap standard error of Avg AUC over the probe's test users."]
+        if metric == "auc" and any(per[s]["auc"] is None for per in rows.values() for s in scenarios):
+            lines += ["", "n/a: the scenario's test split has a single class; Avg is over the others."]
         lines.append("")
     return "\n".join(lines)
+
+
+def comparisons_markdown(comparisons: list[dict[str, Any]], names: dict[str, str] | None = None) -> str:
+    """The paired comparisons as a table (empty string when there are none)."""
+    if not comparisons:
+        return ""
+    names = names or {}
+    lines = ["**Paired differences in Avg AUC** (bootstrap over test users, 95% interval)", "",
+             "| A | B | A - B | 95% interval |", "|---|---|---|---|"]  # fmt: skip
+    for c in comparisons:
+        a, b = names.get(c["a"], c["a"]), names.get(c["b"], c["b"])
+        lines.append(f"| {a} | {b} | {c['delta']:+.4f} | [{c['lo']:+.4f}, {c['hi']:+.4f}] |")
+    return "\n".join(lines) + "\n"
 
 
 def log_tensorboard(
@@ -212,7 +269,12 @@ def run_evaluate(
     scenarios: str = "all",
     projector_users: int = 500,
     profile_tokens: int = 256,
+    compare: list[tuple[str, str]] = (),
+    n_boot: int = 1000,
 ) -> dict[str, Any]:
+    """Probe every row; ``compare`` lists (row A, row B) pairs whose Avg AUC difference gets a
+    paired-bootstrap 95% interval (``metrics.json`` "comparisons"). Every row's Avg also gets
+    ``auc_se``, its bootstrap standard error."""
     data_dir, out_dir = Path(data), Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     known = [s.name for s in load_scenarios(data_dir / "scenarios.json")]
@@ -221,11 +283,11 @@ def run_evaluate(
     for b in baselines:
         if b not in BASELINES:
             raise ValueError(f"unknown baseline {b!r}; known: {BASELINES}")
-        feats = (
-            minilm_features(data_dir, out_dir / "minilm-profile.npy")
-            if b == "minilm"
-            else mean_event_features(data_dir)
-        )
+        if b == "minilm":
+            cache = out_dir / f"minilm-profile-{profile_tokens}tok.npy"
+            feats = minilm_features(data_dir, cache, max_tokens=profile_tokens)
+        else:
+            feats = mean_event_features(data_dir) if b == "mean-events" else event_count_features(data_dir)
         metrics, curves[b] = evaluate_features(feats, data_dir, chosen)
         rows[b] = with_average(metrics)
     projector = None
@@ -236,9 +298,19 @@ def run_evaluate(
         rows[name] = with_average(metrics)
         if projector is None:
             projector = _projector_sample(feats, data_dir, chosen, projector_users)
-    write_json(out_dir / "metrics.json", {"scenarios": chosen, "rows": rows})
+    boots = {name: bootstrap_avg_auc(curves[name], n_boot) for name in rows if curves[name]}
+    for name, draws in boots.items():
+        rows[name]["Avg"]["auc_se"] = float(np.std(draws))
+    comparisons = []
+    for a, b in compare:
+        unknown = {a, b} - set(curves)
+        if unknown:
+            raise ValueError(f"compare: no row named {sorted(unknown)}; rows: {sorted(curves)}")
+        delta = paired_delta(curves[a], curves[b], boot_a=boots.get(a), boot_b=boots.get(b))
+        comparisons.append({"a": a, "b": b, **delta})
+    write_json(out_dir / "metrics.json", {"scenarios": chosen, "rows": rows, "comparisons": comparisons})
     with atomic_path(out_dir / "report.md") as tmp:
-        tmp.write_text(markdown(rows, chosen))
+        tmp.write_text(markdown(rows, chosen) + comparisons_markdown(comparisons))
     log_tensorboard(out_dir, curves, projector)
     return {
         "out": str(out_dir),

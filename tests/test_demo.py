@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import pytest
+import yaml
 
 from tests.conftest import run_qanchor
 from tests.helpers.tb import scalars
 
-ROWS = ["General text embedding (MiniLM, profile text)", "Mean event vectors + tabular", "Q-Anchor (base)",
+ROWS = ["General text embedding (MiniLM, profile text)", "Mean event vectors + tabular",
+        "Reference: bag of events (log counts) + tabular", "Q-Anchor (base)",
         "Q-Anchor (prompt-tuned)", "w/o contrastive", "w/o NTP", "w/o margin filter", "w/o structural tokens",
         "w/o pretraining (prompt-tuned)"]  # fmt: skip
 
@@ -23,12 +26,23 @@ def test_fast_demo_end_to_end(tmp_path):
     assert list(report["table"]) == ROWS and len(report["scenarios"]) == 10
     for row in report["table"].values():
         assert set(row) == {*report["scenarios"], "Avg"}
+    pairs = {(c["a"], c["b"]) for c in report["comparisons"]}
+    assert ("Q-Anchor (base)", "Mean event vectors + tabular") in pairs and len(pairs) == 8
+    assert all(c["lo"] <= c["hi"] for c in report["comparisons"])
     md = (out / "report.md").read_text()
-    assert md.count("| Q-Anchor (prompt-tuned) |") == 2 and "- total:" in md
+    assert md.count("| Q-Anchor (prompt-tuned) | 0.") == 2 and "- total:" in md  # AUC and KS tables
+    assert "| Q-Anchor (prompt-tuned) | Q-Anchor (base) | " in md  # ... and the paired differences
     # one TensorBoard root, runs named by what they are
     for run in ("pretrain/base", "pretrain/no-ntp", "tune/base/Takeout", "tune/no-pretrain/Takeout"):
         assert scalars(out / run / "tensorboard" / "run")["train/loss"], run
     assert "train/loss_ntp" not in scalars(out / "pretrain/no-ntp/tensorboard/run")
     assert "train/loss_cl" not in scalars(out / "pretrain/no-contrastive/tensorboard/run")
+    # time split: pretraining data ends (cutoff + D_future window) where the labels' window begins
+    pre, ev = (json.loads((out / d / "manifest.json").read_text()) for d in ("data-pretrain", "data"))
+    cut_pre, cut_ev = (dt.datetime.fromisoformat(m["cutoff"]) for m in (pre, ev))
+    assert cut_pre + dt.timedelta(days=pre["future_days"]) == cut_ev
+    for run in ("pretrain/base", "pretrain/no-structural"):
+        config = yaml.safe_load((out / run / "tensorboard" / "run" / "config.yaml").read_text())
+        assert config["data"]["data"] == str(out / "data-pretrain"), run
     again = run_qanchor("demo", "--fast", "--out", str(out))  # every stage is found done
     assert "pretrain base ..." not in again.stderr

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import polars as pl
 
-from qanchor_pl.evaluate import auc_ks, profile_texts
+from data_modules.manifest import Manifest
+from qanchor_pl.evaluate import auc_ks, event_count_features, profile_texts
 from tests.conftest import run_qanchor
 from tests.helpers.tb import scalars
 
@@ -30,21 +32,49 @@ def test_profile_texts_render_each_users_frequent_events(built):
     assert all(t for t in texts) and any("bill: " in t and " x" in t for t in texts)
 
 
+def test_event_counts_are_log1p_counts_of_each_history_text_then_tabular(built):
+    users, mat = event_count_features(built)["*"]
+    manifest = Manifest.load(built)
+    shard = pl.read_parquet(built / manifest.shard_files[0])
+    row = shard.row(0, named=True)
+    got = mat[users.index(row["user_id"])]
+    offset = 0
+    for m in manifest.event_modalities:
+        size = pl.read_parquet(built / "vocab" / f"{m}.parquet").height
+        want = np.zeros(size)
+        for i in row[f"ev_{m}"] or []:
+            want[i] += 1
+        assert np.allclose(got[offset : offset + size], np.log1p(want)), m
+        offset += size
+    assert np.allclose(got[offset:], row["tabular"])
+
+
 def test_evaluate_writes_metrics_table_and_tensorboard(built, pretrained, tmp_path):
     run_qanchor("embed", "--model", str(pretrained), "--data", str(built), "--scenarios", "all",
                 "--out", str(tmp_path / "emb"), "--accelerator", "cpu", "--batch-size", "64")  # fmt: skip
     report = json.loads(run_qanchor("evaluate", "--embeddings", str(tmp_path / "emb"), "--names", "Q-Anchor",
-                                    "--data", str(built), "--out", str(tmp_path / "rep")).stdout)  # fmt: skip
-    assert set(report["rows"]) == {"minilm", "mean-events", "Q-Anchor"}
+                                    "--data", str(built), "--out", str(tmp_path / "rep"),
+                                    "--profile-tokens", "64", "--compare", "Q-Anchor", "mean-events").stdout)  # fmt: skip
+    assert set(report["rows"]) == {"minilm", "mean-events", "event-counts", "Q-Anchor"}
+    assert (tmp_path / "rep" / "minilm-profile-64tok.npy").exists()
     metrics = json.loads((tmp_path / "rep" / "metrics.json").read_text())
     scenarios = metrics["scenarios"]
     assert len(scenarios) == 10
+    # the 300-user world's Money test split has no positive user: undefined, n/a, left out of Avg
+    defined = [s for s in scenarios if s != "Money"]
     for row in metrics["rows"].values():
         assert set(row) == {*scenarios, "Avg"}
-        assert all(0 <= row[s]["auc"] <= 1 and 0 <= row[s]["ks"] <= 1 for s in scenarios)
-        assert abs(row["Avg"]["auc"] - np.mean([row[s]["auc"] for s in scenarios])) < 1e-9
+        assert row["Money"] == {"auc": None, "ks": None}
+        assert all(0 <= row[s]["auc"] <= 1 and 0 <= row[s]["ks"] <= 1 for s in defined)
+        assert abs(row["Avg"]["auc"] - np.mean([row[s]["auc"] for s in defined])) < 1e-9
+    assert all(0 < row["Avg"]["auc_se"] < 0.2 for row in metrics["rows"].values())
+    (cmp,) = metrics["comparisons"]
+    assert (cmp["a"], cmp["b"]) == ("Q-Anchor", "mean-events") and cmp["lo"] <= cmp["delta"] <= cmp["hi"]
+    want = metrics["rows"]["Q-Anchor"]["Avg"]["auc"] - metrics["rows"]["mean-events"]["Avg"]["auc"]
+    assert abs(cmp["delta"] - want) < 1e-6
     table = (tmp_path / "rep" / "report.md").read_text()
-    assert table.count("| Q-Anchor |") == 2 and "| Method | " + " | ".join(scenarios) + " | Avg |" in table
+    assert "| Q-Anchor | mean-events |" in table and "n/a" in table
+    assert table.count("| Q-Anchor | 0.") == 2 and "| Method | " + " | ".join(scenarios) + " | Avg |" in table
     tb = scalars(tmp_path / "rep" / "tensorboard")
     roc = tb[f"roc/{scenarios[0]}/Q-Anchor"]
     assert roc[0] == (0, roc[0][1]) and roc[-1][0] == 1000 and abs(roc[-1][1] - 1.0) < 1e-6

@@ -49,3 +49,19 @@ def test_labels_are_behaviour_not_a_formula_of_the_history():
     p_pos_given_none = len(fut - hist) / len(users - hist)
     assert p_pos_given_hist > 2 * p_pos_given_none  # evidence is informative
     assert 0 < p_pos_given_none and p_pos_given_hist < 1  # ... but not a rule
+
+
+def test_lead_days_prepend_past_behaviour_and_move_the_cutoff(tmp_path):
+    """A 30-day lead: events cover 150 days, the future starts at day 120, and the lead window has
+    the history's daily rate (it is earlier history, not another regime)."""
+    info = synth.write_world(tmp_path, n_users=400, seed=2, lead_days=30, n_files=1)
+    cutoff = synth.START + dt.timedelta(days=synth.HISTORY_DAYS + 30)
+    assert info["cutoff"] == cutoff.isoformat()
+    df = pl.read_parquet(tmp_path / "events")
+    day = (pl.col("ts") - pl.lit(synth.START)).dt.total_days()
+    days = df.select(day.alias("d"))["d"]
+    assert days.min() >= 0 and days.max() < 150 and (days >= 120).sum() > 0
+    per_day_lead = (days < 30).sum() / 30
+    per_day_history = ((days >= 30) & (days < 120)).sum() / 90
+    assert abs(per_day_lead / per_day_history - 1) < 0.1
+    assert synth.generate(50, seed=5, lead_days=0)[0].equals(synth.generate(50, seed=5)[0])
