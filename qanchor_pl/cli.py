@@ -142,8 +142,8 @@ def _bench_kv(args: argparse.Namespace) -> dict:
 def _demo(args: argparse.Namespace) -> dict:
     from qanchor_pl.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig.fast(args.out) if args.fast else DemoConfig(out=args.out)
-    return run_demo(cfg)
+    overrides = {k: getattr(args, k) for k in ("users", "pretrain_steps", "tune_steps", "seed")}
+    return run_demo(DemoConfig.from_options(args.out, fast=args.fast, **overrides))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -243,6 +243,10 @@ def _parser() -> argparse.ArgumentParser:
     dm = sub.add_parser("demo", help="the whole pipeline on the synthetic world, ending in the result tables")
     dm.add_argument("--out", default="runs/demo")
     dm.add_argument("--fast", action="store_true", help="a small, ~3-minute version (used by a test)")
+    dm.add_argument("--users", type=int, help="override the number of synthetic users (default 4000)")
+    dm.add_argument("--pretrain-steps", type=int, help="override the steps of each pretraining run (200)")
+    dm.add_argument("--tune-steps", type=int, help="override the steps of each prompt-tuning run (70)")
+    dm.add_argument("--seed", type=int, help="override the world's and the runs' seed (0)")
     dm.set_defaults(func=_demo)
 
     mb = sub.add_parser(

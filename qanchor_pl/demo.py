@@ -7,6 +7,7 @@ Time split, as in production: the world has 150 days. Pretraining data is built 
 days 0-90, D_future answers from days 90-120); the evaluation data at day 120 (history days 30-120,
 scenario labels from days 120-150). Built on one cutoff, D_future would state the very events the
 labels count, for the probe's test users too, and the table would measure memorised futures.
+
 Everything lands under one folder (default ``runs/demo``) whose TensorBoard runs are named by what
 they are (``pretrain/base/...``, ``pretrain/no-ntp/...``, ``tune/base/Takeout/...``), so
 ``tensorboard --logdir runs/demo`` compares them side by side. Each stage prints one status line;
@@ -68,6 +69,17 @@ class DemoConfig:
     @classmethod
     def fast(cls, out: str) -> DemoConfig:
         return cls(out=out, users=800, pretrain_steps=30, tune_steps=10, tune_batch=32)
+
+    @classmethod
+    def from_options(cls, out: str, *, fast: bool = False, **overrides: int | None) -> DemoConfig:
+        """The default (or ``fast``) sizes with the given non-None fields replaced."""
+        cfg = cls.fast(out) if fast else cls(out=out)
+        for key, value in overrides.items():
+            if key not in cls.__dataclass_fields__ or key in ("out", "timings"):
+                raise ValueError(f"unknown demo option {key!r}")
+            if value is not None:
+                setattr(cfg, key, value)
+        return cfg
 
 
 def quiet_libraries() -> None:
@@ -134,8 +146,8 @@ def _pretrain(cfg: DemoConfig, root: Path, data: Path, name: str) -> Path:
         return export
     run_dir = root / "pretrain" / name
     with Stage(cfg, f"pretrain {name}"):
-        run_pretrain(["--config", PRETRAIN_RECIPE, "--data.data", str(data), "--run_dir", str(run_dir),
-                      "--trainer.max_steps", str(cfg.pretrain_steps), "--trainer.enable_progress_bar", "false",
+        run_pretrain(["--config", PRETRAIN_RECIPE, "--seed_everything", str(cfg.seed), "--data.data", str(data),
+                      "--run_dir", str(run_dir), "--trainer.max_steps", str(cfg.pretrain_steps), "--trainer.enable_progress_bar", "false",
                       "--model.contrastive.margin_warmup_steps", str(max(1, cfg.pretrain_steps // 4)),
                       "--ckpt_path", "last", *VARIANTS[name][1]])  # fmt: skip
         export_model(load_model(run_dir / "checkpoints" / "last.ckpt"), export, overwrite=True)
@@ -171,8 +183,8 @@ def _tune(cfg: DemoConfig, root: Path, data: Path, model: Path, name: str) -> Pa
         for s in load_scenarios(data / "scenarios.json"):
             if (run_dir / s.name / "prompt" / "prompt.json").exists():
                 continue
-            run_tune(["--config", TUNE_RECIPE, "--model.pretrained", str(model), "--data.data", str(data),
-                      "--data.scenario", s.name, "--run_dir", str(run_dir), "--trainer.max_steps", str(cfg.tune_steps),
+            run_tune(["--config", TUNE_RECIPE, "--seed_everything", str(cfg.seed), "--model.pretrained", str(model),
+                      "--data.data", str(data), "--data.scenario", s.name, "--run_dir", str(run_dir), "--trainer.max_steps", str(cfg.tune_steps),
                       "--data.batch_size", str(cfg.tune_batch), "--trainer.limit_val_batches", "0",
                       "--trainer.enable_progress_bar", "false", "--ckpt_path", "last"])  # fmt: skip
     return run_dir

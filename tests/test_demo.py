@@ -8,6 +8,7 @@ import json
 import pytest
 import yaml
 
+from qanchor_pl.demo import DemoConfig
 from tests.conftest import run_qanchor
 from tests.helpers.tb import scalars
 
@@ -46,3 +47,12 @@ def test_fast_demo_end_to_end(tmp_path):
         assert config["data"]["data"] == str(out / "data-pretrain"), run
     again = run_qanchor("demo", "--fast", "--out", str(out))  # every stage is found done
     assert "pretrain base ..." not in again.stderr
+
+
+def test_demo_options_override_the_default_or_fast_sizes():
+    cfg = DemoConfig.from_options("o", pretrain_steps=250, tune_steps=None, seed=3)
+    assert (cfg.users, cfg.pretrain_steps, cfg.tune_steps, cfg.seed) == (4000, 250, 70, 3)
+    fast = DemoConfig.from_options("o", fast=True, users=500)
+    assert (fast.users, fast.pretrain_steps) == (500, 30)
+    with pytest.raises(ValueError, match="unknown demo option"):
+        DemoConfig.from_options("o", timings=1)
