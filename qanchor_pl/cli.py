@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 import time
+from pathlib import Path
 
 from data_modules.errors import DataError
 
@@ -303,7 +304,7 @@ def apply_recipe(parser: argparse.ArgumentParser, path: str) -> None:
     """Use a YAML recipe's keys (option names, '-' or '_') as the subcommand's defaults."""
     import yaml
 
-    values = yaml.safe_load(open(path)) or {}
+    values = yaml.safe_load(Path(path).read_text()) or {}
     known = {a.dest for a in parser._actions}
     dests = {k.replace("-", "_"): v for k, v in values.items()}
     unknown = sorted(set(dests) - known)

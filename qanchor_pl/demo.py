@@ -147,7 +147,8 @@ def _pretrain(cfg: DemoConfig, root: Path, data: Path, name: str) -> Path:
     run_dir = root / "pretrain" / name
     with Stage(cfg, f"pretrain {name}"):
         run_pretrain(["--config", PRETRAIN_RECIPE, "--seed_everything", str(cfg.seed), "--data.data", str(data),
-                      "--run_dir", str(run_dir), "--trainer.max_steps", str(cfg.pretrain_steps), "--trainer.enable_progress_bar", "false",
+                      "--run_dir", str(run_dir), "--trainer.max_steps", str(cfg.pretrain_steps),
+                      "--trainer.enable_progress_bar", "false",
                       "--model.contrastive.margin_warmup_steps", str(max(1, cfg.pretrain_steps // 4)),
                       "--ckpt_path", "last", *VARIANTS[name][1]])  # fmt: skip
         export_model(load_model(run_dir / "checkpoints" / "last.ckpt"), export, overwrite=True)
@@ -167,7 +168,7 @@ def _untrained(cfg: DemoConfig, root: Path, data: Path) -> Path:
         import yaml
 
         L.seed_everything(cfg.seed, verbose=False)
-        model_args = yaml.safe_load(open(PRETRAIN_RECIPE))["model"]
+        model_args = yaml.safe_load(Path(PRETRAIN_RECIPE).read_text())["model"]
         inputs = DataInputs(**UserUDataModule(str(data)).model_inputs())
         export_model(PretrainModule(**model_args, inputs=inputs).model, export, overwrite=True)
     return export
@@ -184,7 +185,8 @@ def _tune(cfg: DemoConfig, root: Path, data: Path, model: Path, name: str) -> Pa
             if (run_dir / s.name / "prompt" / "prompt.json").exists():
                 continue
             run_tune(["--config", TUNE_RECIPE, "--seed_everything", str(cfg.seed), "--model.pretrained", str(model),
-                      "--data.data", str(data), "--data.scenario", s.name, "--run_dir", str(run_dir), "--trainer.max_steps", str(cfg.tune_steps),
+                      "--data.data", str(data), "--data.scenario", s.name, "--run_dir", str(run_dir),
+                      "--trainer.max_steps", str(cfg.tune_steps),
                       "--data.batch_size", str(cfg.tune_batch), "--trainer.limit_val_batches", "0",
                       "--trainer.enable_progress_bar", "false", "--ckpt_path", "last"])  # fmt: skip
     return run_dir
@@ -202,6 +204,7 @@ def _embed(cfg: DemoConfig, root: Path, data: Path, model: Path, name: str, prom
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
+    from data_modules.atomic import atomic_path, write_json
     from qanchor_pl.evaluate import comparisons_markdown, markdown, run_evaluate
 
     quiet_libraries()
@@ -228,12 +231,13 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
                    for c in metrics["comparisons"]]  # fmt: skip
     table = markdown(table_rows, metrics["scenarios"]) + "\n" + comparisons_markdown(comparisons)
     total = round(time.perf_counter() - t0, 1)
-    report = {"table": table_rows, "comparisons": comparisons, "scenarios": metrics["scenarios"], "timings_s": cfg.timings, "total_s": total,
+    report = {"table": table_rows, "comparisons": comparisons, "scenarios": metrics["scenarios"],
+              "timings_s": cfg.timings, "total_s": total,
               "config": {k: v for k, v in cfg.__dict__.items() if k != "timings"}}  # fmt: skip
-    (root / "report.md").write_text(
-        table + "\n" + "\n".join(f"- {k}: {v} s" for k, v in cfg.timings.items()) + f"\n- total: {total} s\n"
-    )
-    (root / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    timings = "\n".join(f"- {k}: {v} s" for k, v in cfg.timings.items())
+    with atomic_path(root / "report.md") as tmp:
+        tmp.write_text(f"{table}\n{timings}\n- total: {total} s\n")
+    write_json(root / "report.json", report)
     print(table, file=sys.stderr)
     status("stage timings: " + ", ".join(f"{k} {v} s" for k, v in cfg.timings.items()) + f"; total {total} s")
     return {"report": str(root / "report.md"), "total_s": total}

@@ -226,16 +226,14 @@ def markdown(rows: dict[str, dict[str, dict[str, float]]], scenarios: list[str])
     return "\n".join(lines)
 
 
-def comparisons_markdown(comparisons: list[dict[str, Any]], names: dict[str, str] | None = None) -> str:
+def comparisons_markdown(comparisons: list[dict[str, Any]]) -> str:
     """The paired comparisons as a table (empty string when there are none)."""
     if not comparisons:
         return ""
-    names = names or {}
     lines = ["**Paired differences in Avg AUC** (bootstrap over test users, 95% interval)", "",
              "| A | B | A - B | 95% interval |", "|---|---|---|---|"]  # fmt: skip
     for c in comparisons:
-        a, b = names.get(c["a"], c["a"]), names.get(c["b"], c["b"])
-        lines.append(f"| {a} | {b} | {c['delta']:+.4f} | [{c['lo']:+.4f}, {c['hi']:+.4f}] |")
+        lines.append(f"| {c['a']} | {c['b']} | {c['delta']:+.4f} | [{c['lo']:+.4f}, {c['hi']:+.4f}] |")
     return "\n".join(lines) + "\n"
 
 
