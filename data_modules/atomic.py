@@ -33,6 +33,18 @@ def write_json(path: str | Path, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def read_json(path: str | Path, missing: str = "file not found") -> Any:
+    """Parse a JSON file; a missing or malformed file is a DataError naming it."""
+    from data_modules.errors import DataError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise DataError(path, missing) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(path, f"not valid JSON: {err}") from None
+
+
 def write_parquet(path: str | Path, table: pa.Table, *, row_group_size: int | None = None) -> None:
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, row_group_size=row_group_size, compression="zstd")

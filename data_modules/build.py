@@ -7,10 +7,12 @@ The pipeline is lazy polars end to end; memory is bounded by one shard of users 
 3. keep users that have a users row and at least one history event (the rest are counted skips),
    assign them to shards by a stable hash;
 4. vocabularies: distinct history texts per modality, most frequent first;
-5. partition events by shard (a streaming sink), then per shard: capped recent event ids, the
-   standardised tabular vector, the D_future answer, the k most relevant D_uqa topics and their
-   answers, external QA pairs, and rule-based labels;
-6. benchmarks with a user-disjoint split, the tokenizer, and finally ``manifest.json``.
+5. partition events by shard (a streaming sink); flag the events the model sees (the per-modality
+   caps); from those alone, the topic pool (given or derived) and its report;
+6. per shard: capped recent event ids (+ times, values, categories), the standardised tabular
+   vector, the D_future answer, the k most relevant D_uqa topics and their answers, external QA
+   pairs (see :mod:`data_modules.supervision`), and rule-based labels;
+7. benchmarks with a user-disjoint split, the tokenizer, and finally ``manifest.json``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import tempfile
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,23 +27,25 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from data_modules import qa
 from data_modules.atomic import write_parquet
 from data_modules.errors import DataError
 from data_modules.manifest import Manifest, file_entry
+from data_modules.modality_meta import ModalityMeta, meta_to_json, resolve_modalities_meta
 from data_modules.raw import (
     RawInputs,
+    check_timezone,
     count_skip,
     default_cutoff,
+    infer_modalities,
     read_external_qa,
     read_labels,
     read_users,
+    resolve_cutoff,
     scan_events,
 )
 from data_modules.scenarios import Scenario, load_scenarios, save_scenarios
 from data_modules.schemas import (
     BENCHMARK_SCHEMA,
-    PAPER_MODALITIES,
     SCHEMA_VERSION,
     TABULAR,
     VOCAB_SCHEMA,
@@ -50,8 +53,18 @@ from data_modules.schemas import (
     resolve_caps,
     shard_schema,
 )
+from data_modules.supervision import (
+    QAReport,
+    QASpec,
+    mark_seen,
+    qa_pairs,
+    seen_combos,
+    topic_map,
+    topic_pool,
+    topic_report,
+)
 from data_modules.tokenizer import train_tokenizer
-from data_modules.topics import Topic, load_topics
+from data_modules.topics import Topic, save_topics
 
 
 @dataclass
@@ -66,7 +79,11 @@ class BuildConfig:
     labels: str | None = None
     qa: str | None = None
     topics: str | None = None
-    modalities: tuple[str, ...] = PAPER_MODALITIES
+    modalities_meta: str | None = None
+    modalities: tuple[str, ...] | None = (
+        None  # None: modalities.json's order, else the events' (sorted) + tabular
+    )
+    timezone: str = "UTC"  # IANA name for calendar facts (days, weekends) and a naive --cutoff
     cutoff: str | None = None
     history_days: int = 90
     future_days: int = 30
@@ -74,6 +91,7 @@ class BuildConfig:
     users_per_shard: int = 1024
     row_group_size: int = 256
     topics_per_user: int = 10
+    topic_categories: int = 8  # derived pool: at most this many category topics per modality
     future_actions: int = 5
     future_bins: int = 3
     external_qa: str = "add"  # "add" beside the templated D_uqa, or "replace" it for users who have some
@@ -92,23 +110,28 @@ def build(cfg: BuildConfig) -> Manifest:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     inputs = RawInputs.locate(
-        cfg.raw, events=cfg.events, users=cfg.users, scenarios=cfg.scenarios, labels=cfg.labels, qa=cfg.qa
-    )
+        cfg.raw, events=cfg.events, users=cfg.users, scenarios=cfg.scenarios, labels=cfg.labels, qa=cfg.qa,
+        topics=cfg.topics, modalities_meta=cfg.modalities_meta,
+    )  # fmt: skip
     skipped = inputs.skipped
-    event_mods = event_modalities(cfg.modalities)
+    tz = check_timezone(cfg.timezone)
+    modalities = list(cfg.modalities) if cfg.modalities else infer_modalities(inputs)
+    event_mods = event_modalities(modalities)
     if not event_mods:
         raise ValueError("modalities must name at least one event modality")
-    caps = resolve_caps(cfg.modalities, cfg.max_events)
-    use_tabular = TABULAR in cfg.modalities
+    caps = resolve_caps(modalities, cfg.max_events)
+    use_tabular = TABULAR in modalities
     scenarios = load_scenarios(inputs.scenarios)
-    topics = load_topics(cfg.topics)
 
     events = scan_events(inputs, event_mods)
     users, features = read_users(inputs.users, use_tabular)
     labels = read_labels(inputs.labels, {s.name for s in scenarios}) if inputs.labels else None
     external = read_external_qa(inputs.qa) if inputs.qa else None
+    per_modality = events.group_by("modality").agg(pl.col("value").count().alias("valued")).collect()
+    valued = {m: int(n) for m, n in per_modality.iter_rows()}
+    meta = resolve_modalities_meta(inputs.modalities_meta, event_mods, valued)
 
-    cutoff = dt.datetime.fromisoformat(cfg.cutoff) if cfg.cutoff else default_cutoff(events, cfg.future_days)
+    cutoff = resolve_cutoff(cfg.cutoff, tz) if cfg.cutoff else default_cutoff(events, cfg.future_days, tz)
     start = cutoff - dt.timedelta(days=cfg.history_days)
     end = cutoff + dt.timedelta(days=cfg.future_days)
     events = events.with_columns(
@@ -139,14 +162,13 @@ def build(cfg: BuildConfig) -> Manifest:
         .sort("modality", "text", "category", nulls_last=True)
     )
     vocab = _write_vocabs(out, combos, event_mods)
-    topic_map, topic_means = _topic_map(combos, topics, len(kept))
     tab_stats = _tabular_stats(kept, features)
 
     files: dict[str, dict] = {}
     for m, table in vocab.items():
         files[f"vocab/{m}.parquet"] = file_entry(out, f"vocab/{m}.parquet", table.height)
     positives: dict[str, set[str]] = {s.name: set() for s in scenarios}
-    qa_dropped = 0
+    qa_report = QAReport()
     with tempfile.TemporaryDirectory(dir=out, prefix=".build-") as tmp:
         part_dir = Path(tmp) / "by_shard"
         vocab_ids = pl.concat(
@@ -161,29 +183,34 @@ def build(cfg: BuildConfig) -> Manifest:
             )
         )
         shard_dirs = {int(p.name.split("=")[1]): p for p in part_dir.glob("shard=*")}
+
+        def shard_events(k: int) -> pl.DataFrame | None:
+            return mark_seen(pl.read_parquet(shard_dirs[k] / "*.parquet"), caps) if k in shard_dirs else None
+
+        # Pass 1: what the model will see (capped events) decides the topic pool and its statistics.
+        combos_seen = seen_combos([shard_events(k) for k in range(n_shards)])
+        topics, topic_source = topic_pool(inputs.topics, event_mods, combos_seen, meta, cfg.topic_categories)
+        tmap, topic_means = topic_map(combos_seen, topics, len(kept))
+        qa_report.topics = topic_report(topics, topic_source, tmap, topic_means, combos_seen)
+        # Pass 2: one shard at a time.
         for k in range(n_shards):
             shard_users = shard_map.filter(pl.col("shard") == k).sort("order")
-            shard_events = pl.read_parquet(shard_dirs[k] / "*.parquet") if k in shard_dirs else None
-            table, dropped = _build_shard(
-                cfg,
-                shard_users,
-                shard_events,
-                event_mods,
-                caps,
-                features,
-                tab_stats,
-                topics,
-                topic_map,
-                topic_means,
-                external,
-                cutoff,
-            )
-            qa_dropped += dropped
-            _collect_positives(shard_events, scenarios, positives)
+            ev = shard_events(k)
+            table = _build_shard(
+                cfg, shard_users, ev, event_mods, features, tab_stats, topics, tmap, topic_means,
+                external, cutoff, meta, qa_report,
+            )  # fmt: skip
+            _collect_positives(ev, scenarios, positives)
             name = f"shards/shard-{k:05d}.parquet"
             write_parquet(out / name, table, row_group_size=cfg.row_group_size)
             files[name] = file_entry(out, name, table.num_rows)
-    count_skip(skipped, "qa_sentences_dropped_by_reflection", qa_dropped, "unsupported QA sentences")
+    count_skip(
+        skipped,
+        "qa_sentences_dropped_by_reflection",
+        sum(qa_report.dropped.values()),
+        "unsupported QA sentences",
+    )
+    qa_report.log()
 
     bench_counts = {}
     for s in scenarios:
@@ -200,6 +227,8 @@ def build(cfg: BuildConfig) -> Manifest:
         }
     save_scenarios(out / "scenarios.json", scenarios)
     files["scenarios.json"] = file_entry(out, "scenarios.json", len(scenarios))
+    save_topics(out / "topics.json", topics)
+    files["topics.json"] = file_entry(out, "topics.json", len(topics))
 
     tok_dir = train_tokenizer(
         out, sorted(files), cfg.tokenizer_vocab, extra_texts=[s.query for s in scenarios]
@@ -210,7 +239,7 @@ def build(cfg: BuildConfig) -> Manifest:
 
     manifest = Manifest(
         schema_version=SCHEMA_VERSION,
-        modalities=list(cfg.modalities),
+        modalities=modalities,
         event_modalities=event_mods,
         max_events=caps,
         tabular_features=features,
@@ -231,6 +260,9 @@ def build(cfg: BuildConfig) -> Manifest:
         files=files,
         config={k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
         encoders={},
+        timezone=cfg.timezone,
+        modality_meta=meta_to_json(meta),
+        qa=qa_report.to_json(),
     )
     manifest.save(out)
     return manifest
@@ -300,25 +332,6 @@ def _write_vocabs(out: Path, combos: pl.DataFrame, event_mods: list[str]) -> dic
     return vocab
 
 
-def _topic_map(
-    combos: pl.DataFrame, topics: tuple[Topic, ...], n_users: int
-) -> tuple[pl.DataFrame, np.ndarray]:
-    """Which topics each distinct (modality, text, category) matches, and each topic's mean events per user."""
-    rows, totals = [], np.zeros(len(topics))
-    for mod, text, cat, count in combos.iter_rows():
-        hits = [i for i, t in enumerate(topics) if t.matches(mod, cat or "", text)]
-        for i in hits:
-            totals[i] += count
-        if hits:
-            rows.append((mod, text, cat, hits))
-    table = pl.DataFrame(
-        rows,
-        schema={"modality": pl.String, "text": pl.String, "category": pl.String, "topic": pl.List(pl.Int32)},
-        orient="row",
-    )
-    return table, totals / max(n_users, 1)
-
-
 def _tabular_stats(kept: pl.DataFrame, features: list[str]) -> tuple[np.ndarray, np.ndarray]:
     if not features:
         return np.zeros(0), np.ones(0)
@@ -330,36 +343,42 @@ def _tabular_stats(kept: pl.DataFrame, features: list[str]) -> tuple[np.ndarray,
 def _build_shard(
     cfg: BuildConfig,
     shard_users: pl.DataFrame,
-    ev: pl.DataFrame | None,
+    ev: pl.DataFrame,
     event_mods: list[str],
-    caps: Mapping[str, int],
     features: list[str],
     tab_stats: tuple[np.ndarray, np.ndarray],
     topics: tuple[Topic, ...],
-    topic_map: pl.DataFrame,
+    tmap: pl.DataFrame,
     topic_means: np.ndarray,
     external: pl.DataFrame | None,
     cutoff: dt.datetime,
-) -> tuple[pa.Table, int]:
-    """One shard's rows, in the shard's user order."""
+    meta: dict[str, ModalityMeta],
+    report: QAReport,
+) -> pa.Table:
+    """One shard's rows, in the shard's user order: the capped (seen) events, their times, values and
+    categories per modality, the tabular vector and the QA pairs."""
     base = shard_users.select("user_id")
     hist = ev.filter(pl.col("window") == "history")
-    fut = ev.filter(pl.col("window") == "future")
+    seen = hist.filter(pl.col("seen"))
     columns: dict[str, pa.Array] = {"user_id": pa.array(base["user_id"].to_list(), pa.string())}
+    totals = hist.group_by("user_id", "modality").agg(pl.len().cast(pl.Int32).alias("n"))
     for m in event_mods:
         seq = (
-            hist.filter(pl.col("modality") == m)
-            .sort(["user_id", "ts", "vid"])
+            seen.filter(pl.col("modality") == m)  # already sorted by user, time, vocab id
             .group_by("user_id", maintain_order=True)
             .agg(
-                pl.col("vid").tail(caps[m]).cast(pl.Int32).alias("ids"),
-                pl.col("ts").tail(caps[m]).dt.cast_time_unit("ms").alias("ts"),
-                pl.len().cast(pl.Int32).alias("n"),
+                pl.col("vid").cast(pl.Int32).alias("ids"),
+                pl.col("ts").dt.cast_time_unit("ms").alias("ts"),
+                pl.col("value").alias("val"),
+                pl.col("category").alias("cat"),
             )
+            .join(totals.filter(pl.col("modality") == m).drop("modality"), on="user_id", how="left")
         )
         seq = base.join(seq, on="user_id", how="left", maintain_order="left")
         columns[f"ev_{m}"] = seq["ids"].fill_null([]).to_arrow().cast(pa.list_(pa.int32()))
         columns[f"ts_{m}"] = seq["ts"].fill_null([]).to_arrow().cast(pa.list_(pa.timestamp("ms")))
+        columns[f"val_{m}"] = seq["val"].fill_null([]).to_arrow().cast(pa.list_(pa.float64()))
+        columns[f"cat_{m}"] = seq["cat"].fill_null([]).to_arrow().cast(pa.list_(pa.string()))
         columns[f"n_{m}"] = seq["n"].fill_null(0).to_arrow().cast(pa.int32())
     if features:
         z = ((shard_users.select(features).to_numpy() - tab_stats[0]) / tab_stats[1]).astype(np.float32)
@@ -367,146 +386,18 @@ def _build_shard(
     else:
         columns["tabular"] = pa.array([[] for _ in range(base.height)], pa.list_(pa.float32()))
 
-    pairs, dropped = _qa_pairs(cfg, base, hist, fut, topics, topic_map, topic_means, external, cutoff)
+    spec = QASpec(
+        history_days=cfg.history_days, future_days=cfg.future_days, future_bins=cfg.future_bins,
+        future_actions=cfg.future_actions, topics_per_user=cfg.topics_per_user, external_qa=cfg.external_qa,
+        timezone=cfg.timezone,
+    )  # fmt: skip
+    users = base["user_id"].to_list()
+    pairs = qa_pairs(spec, users, ev, topics, tmap, topic_means, external, cutoff, meta, report)
     columns["qa_query"] = pa.array(pairs["query"], pa.list_(pa.string()))
     columns["qa_answer"] = pa.array(pairs["answer"], pa.list_(pa.string()))
     columns["qa_source"] = pa.array(pairs["source"], pa.list_(pa.string()))
     schema = shard_schema(event_mods, len(features))
-    return pa.table(columns).cast(schema), dropped
-
-
-def _qa_pairs(cfg, base, hist, fut, topics, topic_map, topic_means, external, cutoff) -> tuple[dict, int]:
-    users = base["user_id"].to_list()
-    query: dict[str, list[str]] = {u: [] for u in users}
-    answer: dict[str, list[str]] = {u: [] for u in users}
-    source: dict[str, list[str]] = {u: [] for u in users}
-    dropped = 0
-
-    def add(u: str, q: str, a: str, s: str, facts: set[str] | None) -> None:
-        nonlocal dropped
-        if facts is not None:
-            a, n = qa.reflect(a, facts)
-            dropped += n
-            if not a:
-                return
-        query[u].append(q)
-        answer[u].append(a)
-        source[u].append(s)
-
-    future = _future_actions(cfg, fut, cutoff)
-    for u in users:
-        text, facts = qa.render_future(future.get(u, []), cfg.future_days, cfg.future_bins)
-        add(u, qa.FUTURE_QUERY, text, "future", facts)
-
-    ext_users: set[str] = set()
-    if external is not None:
-        ext = external.filter(pl.col("user_id").is_in(users))
-        for u, q, a in ext.iter_rows():
-            add(u, q, a, "external", None)
-            ext_users.add(u)
-    for u, t, stats in _topic_stats(cfg, hist, topics, topic_map, topic_means, cutoff):
-        if cfg.external_qa == "replace" and u in ext_users:
-            continue
-        text, facts = qa.render_topic(topics[t].name, stats, cfg.history_days)
-        add(u, topics[t].question, text, f"uqa:{topics[t].name}", facts)
-    return {
-        "query": [query[u] for u in users],
-        "answer": [answer[u] for u in users],
-        "source": [source[u] for u in users],
-    }, dropped
-
-
-def _future_actions(
-    cfg: BuildConfig, fut: pl.DataFrame, cutoff: dt.datetime
-) -> dict[str, list[qa.FutureAction]]:
-    """Frequency- and diversity-aware selection: each category's top action first, then the rest."""
-    if fut.height == 0:
-        return {}
-    bin_width_us = cfg.future_days * 86_400_000_000 / cfg.future_bins
-    f = fut.with_columns(
-        pl.col("category").fill_null(pl.col("modality")),
-        ((pl.col("ts") - pl.lit(cutoff)).dt.total_microseconds() / bin_width_us)
-        .floor()
-        .cast(pl.Int32)
-        .clip(0, cfg.future_bins - 1)
-        .alias("bin"),
-    )
-    per_bin = f.group_by("user_id", "category", "text", "bin").agg(pl.len().alias("c"))
-    actions = (
-        per_bin.sort(
-            ["user_id", "category", "text", "c", "bin"], descending=[False, False, False, True, False]
-        )
-        .group_by("user_id", "category", "text", maintain_order=True)
-        .agg(pl.col("c").sum().alias("n"), pl.col("bin").first().alias("peak"))
-        .with_columns(pl.col("n").rank("ordinal", descending=True).over("user_id", "category").alias("r"))
-        .sort(["user_id", "r", "n", "text"], descending=[False, False, True, False])
-        .group_by("user_id", maintain_order=True)
-        .head(cfg.future_actions)
-    )
-    out: dict[str, list[qa.FutureAction]] = {}
-    for u, _cat, text, n, peak, _r in actions.iter_rows():
-        out.setdefault(u, []).append(qa.FutureAction(text, int(n), int(peak)))
-    return out
-
-
-def _topic_stats(cfg, hist, topics, topic_map, topic_means, cutoff):
-    """Yield (user, topic index, TopicStats) for each user's k most relevant topics."""
-    if hist.height == 0 or topic_map.height == 0:
-        return
-    m = (
-        hist.join(topic_map, on=["modality", "text", "category"], how="inner", nulls_equal=True)
-        .explode("topic")
-        .rename({"topic": "t"})
-    )
-    stats = m.group_by("user_id", "t").agg(
-        pl.len().alias("n"),
-        pl.col("ts").dt.date().n_unique().alias("days"),
-        pl.col("text").n_unique().alias("distinct"),
-        (pl.col("value") * 100)
-        .round()
-        .cast(pl.Int64)
-        .sum()
-        .alias("total_cents"),  # integer: order-independent
-        pl.col("value").count().alias("n_valued"),
-        pl.col("ts").max().alias("last"),
-        (pl.col("ts").dt.weekday() >= 6).sum().alias("weekend"),
-    )
-    means = pl.DataFrame({"t": np.arange(len(topic_means), dtype=np.int32), "mean": topic_means})
-    chosen = (
-        stats.join(means, on="t")
-        .with_columns((pl.col("n") / (pl.col("mean") + 1.0)).alias("relevance"))
-        .sort(["user_id", "relevance", "t"], descending=[False, True, False])
-        .group_by("user_id", maintain_order=True)
-        .head(cfg.topics_per_user)
-    )
-    top = (
-        m.join(chosen.select("user_id", "t"), on=["user_id", "t"])
-        .group_by("user_id", "t", "text")
-        .agg(pl.len().alias("c"))
-        .sort(["user_id", "t", "c", "text"], descending=[False, False, True, False])
-        .group_by("user_id", "t", maintain_order=True)
-        .head(3)
-        .group_by("user_id", "t", maintain_order=True)
-        .agg("text", "c")
-    )
-    top_lookup = {(u, t): list(zip(texts, cs)) for u, t, texts, cs in top.iter_rows()}
-    day_us = 86_400_000_000
-    for row in chosen.iter_rows(named=True):
-        last_days = int((cutoff - row["last"]).total_seconds() * 1_000_000 // day_us)
-        yield (
-            row["user_id"],
-            int(row["t"]),
-            qa.TopicStats(
-                n=int(row["n"]),
-                active_days=int(row["days"]),
-                distinct=int(row["distinct"]),
-                top=top_lookup[(row["user_id"], row["t"])],
-                total_cents=int(row["total_cents"]) if row["n_valued"] else None,
-                n_valued=int(row["n_valued"]),
-                last_days_ago=last_days,
-                weekend=int(row["weekend"]),
-            ),
-        )
+    return pa.table(columns).cast(schema)
 
 
 def _collect_positives(

@@ -44,6 +44,9 @@ class UserUDataModule(L.LightningDataModule):
             at most the build's caps; ``None`` keeps the build's.
         buffer_size: shuffle buffer (samples) per worker.
         verify: check every shard's and vector file's sha256 against the manifest at setup.
+        qa_version: which D_uqa pretraining reads: ``templated`` (the build's), a generated version
+            (e.g. ``llm`` from ``qanchor qa-synth``: the build's D_future and external pairs plus the
+            generated D_uqa), ``templated+llm`` (both), or ``both`` (= ``templated+llm``).
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class UserUDataModule(L.LightningDataModule):
         max_query_tokens: int = 64,
         max_answer_tokens: int = 128,
         verify: bool = True,
+        qa_version: str = "templated",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer"])
@@ -68,6 +72,8 @@ class UserUDataModule(L.LightningDataModule):
         self.manifest: Manifest | None = None
         self.units: Units | None = None
         self.caps: dict[str, int] = {}
+        self.qa_files: list[str] | None = None
+        self.qa_keep_templated_uqa = True
 
     # -- shared helpers -----------------------------------------------------------------------
     def _load_common(self) -> None:
@@ -86,6 +92,7 @@ class UserUDataModule(L.LightningDataModule):
         vectors = [f"{VECTORS_DIR}/{m}.npy" for m in self.manifest.event_modalities]
         if self.hparams.verify:
             self.manifest.verify(self.data, shard_names + vectors)
+        self._resolve_qa_version(self.hparams.qa_version)
         self.caps = self._resolve_caps(self.hparams.max_events)
         spec = self._tokenizer_spec
         self.tokenizer = (
@@ -93,6 +100,25 @@ class UserUDataModule(L.LightningDataModule):
             if spec is None or isinstance(spec, (str, Path))
             else spec
         )
+
+    def _resolve_qa_version(self, requested: str) -> None:
+        from data_modules.qa_synth import QA_DIR, qa_version_record
+
+        requested = "templated+llm" if requested == "both" else requested
+        names = requested.split("+")
+        generated = [n for n in names if n != "templated"]
+        if len(generated) > 1 or len(names) > 2 or not names:
+            raise ValueError(
+                f"qa_version {requested!r}: expected templated, a version name, or templated+NAME"
+            )
+        if not generated:
+            return
+        qa_version_record(self.manifest, generated[0])
+        rel = [f"{QA_DIR}/{generated[0]}/{Path(n).name}" for n in self.manifest.shard_files]
+        if self.hparams.verify:
+            self.manifest.verify(self.data, rel)
+        self.qa_files = [str(self.data / r) for r in rel]
+        self.qa_keep_templated_uqa = "templated" in names
 
     def _resolve_caps(self, requested: str | dict[str, int] | None) -> dict[str, int]:
         built = dict(self.manifest.max_events)
@@ -154,6 +180,8 @@ class UserUDataModule(L.LightningDataModule):
             scenario_query=scenario_query,
             max_query_tokens=self.hparams.max_query_tokens,
             max_answer_tokens=self.hparams.max_answer_tokens,
+            qa_files=self.qa_files,
+            qa_keep_templated_uqa=self.qa_keep_templated_uqa,
         )
 
     def make_dataset(self, *, world_size: int = 1, rank: int = 0) -> UserStreamDataset:

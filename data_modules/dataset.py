@@ -121,6 +121,8 @@ class UserStreamDataset(IterableDataset):
         max_query_tokens: int = 64,
         max_answer_tokens: int = 128,
         answer_eos: bool = True,
+        qa_files: list[str] | None = None,
+        qa_keep_templated_uqa: bool = True,
     ) -> None:
         super().__init__()
         if mode not in ("qa", "scenario", "users"):
@@ -139,6 +141,9 @@ class UserStreamDataset(IterableDataset):
         self.scenario_query = scenario_query
         self.max_query_tokens, self.max_answer_tokens = max_query_tokens, max_answer_tokens
         self.answer_eos = answer_eos
+        # a generated QA version: files aligned row for row with units.files (see qanchor qa-synth)
+        self.qa_files = list(qa_files) if qa_files else None
+        self.qa_keep_templated_uqa = qa_keep_templated_uqa
         self.epoch = 0
         self._start_batch = 0  # batches of this epoch already served (set by load_state_dict)
         self._served = 0
@@ -147,7 +152,7 @@ class UserStreamDataset(IterableDataset):
         self._files: dict[int, pq.ParquetFile] = {}
         self._columns = ["user_id", *(f"ev_{m}" for m in self.event_modalities), "tabular"]
         if mode == "qa":
-            self._columns += ["qa_query", "qa_answer"]
+            self._columns += ["qa_query", "qa_answer", "qa_source"]
 
     # -- epoch and resume state ---------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
@@ -187,15 +192,36 @@ class UserStreamDataset(IterableDataset):
         return self._vectors
 
     def _read_unit(self, u: int) -> pa.Table:
-        k = int(self.units.shard[u])
-        path = self.units.files[k]
-        if k not in self._files:
-            self._files[k] = open_parquet(path)
-        try:
-            table = self._files[k].read_row_group(int(self.units.row_group[u]), columns=self._columns)
-        except (pa.ArrowInvalid, OSError) as err:
-            raise DataError(path, f"cannot read row group {self.units.row_group[u]}: {err}") from None
+        k, rg = int(self.units.shard[u]), int(self.units.row_group[u])
+        table = self._read_group(k, self.units.files[k], rg, self._columns)
+        if self.mode == "qa" and self.qa_files:
+            table = self._with_generated_qa(table, self._read_group(-1 - k, self.qa_files[k], rg, None))
         return table.take(pa.array(self.units.rows[u]))
+
+    def _read_group(self, key: int, path: str, rg: int, columns: list[str] | None) -> pa.Table:
+        if key not in self._files:
+            self._files[key] = open_parquet(path)
+        try:
+            return self._files[key].read_row_group(rg, columns=columns)
+        except (pa.ArrowInvalid, OSError) as err:
+            raise DataError(path, f"cannot read row group {rg}: {err}") from None
+
+    def _with_generated_qa(self, table: pa.Table, generated: pa.Table) -> pa.Table:
+        """The shard's pairs (all, or D_future + external only) followed by the generated version's."""
+        if generated.column("user_id").to_pylist() != table.column("user_id").to_pylist():
+            raise DataError(self.qa_files[0], "QA version is not aligned with the shards (rebuild it)")
+        cols = {c: [] for c in ("qa_query", "qa_answer", "qa_source")}
+        own = zip(*(table.column(c).to_pylist() for c in cols))
+        new = zip(*(generated.column(c).to_pylist() for c in cols))
+        for (q, a, s), (gq, ga, gs) in zip(own, new):
+            keep = [i for i, src in enumerate(s) if self.qa_keep_templated_uqa or not src.startswith("uqa:")]
+            for c, mine, theirs in zip(cols, (q, a, s), (gq, ga, gs)):
+                cols[c].append([mine[i] for i in keep] + theirs)
+        for c, values in cols.items():
+            table = table.set_column(
+                table.schema.get_field_index(c), c, pa.array(values, pa.list_(pa.string()))
+            )
+        return table
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()

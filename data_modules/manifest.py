@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from data_modules.atomic import sha256_file, write_json
+from data_modules.atomic import read_json, sha256_file, write_json
 from data_modules.errors import DataError
 from data_modules.schemas import SCHEMA_VERSION
 
@@ -37,6 +36,9 @@ class Manifest:
     files: dict[str, dict]
     config: dict
     encoders: dict[str, dict] = field(default_factory=dict)
+    timezone: str = "UTC"
+    modality_meta: dict[str, dict] = field(default_factory=dict)
+    qa: dict = field(default_factory=dict)  # answers per source, reflection counts, topic report, QA versions
 
     def save(self, root: str | Path) -> None:
         write_json(Path(root) / MANIFEST, asdict(self))
@@ -44,12 +46,7 @@ class Manifest:
     @classmethod
     def load(cls, root: str | Path) -> Manifest:
         path = Path(root) / MANIFEST
-        try:
-            raw = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise DataError(path, "no manifest: not a built data set (run `qanchor build`)") from None
-        except json.JSONDecodeError as err:
-            raise DataError(path, f"not valid JSON: {err}") from None
+        raw = read_json(path, missing="no manifest: not a built data set (run `qanchor build`)")
         if raw.get("schema_version") != SCHEMA_VERSION:
             raise DataError(
                 path,

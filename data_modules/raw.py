@@ -18,6 +18,7 @@ from data_modules.schemas import (
     EVENTS_COLUMNS,
     LABELS_COLUMNS,
     QA_COLUMNS,
+    TABULAR,
     check_columns,
     check_users_schema,
     read_schema,
@@ -35,6 +36,8 @@ class RawInputs:
     scenarios: Path
     labels: Path | None = None
     qa: Path | None = None
+    topics: Path | None = None
+    modalities_meta: Path | None = None
     skipped: dict[str, int] = field(default_factory=dict)
 
     @classmethod
@@ -47,6 +50,8 @@ class RawInputs:
         scenarios: str | Path | None = None,
         labels: str | Path | None = None,
         qa: str | Path | None = None,
+        topics: str | Path | None = None,
+        modalities_meta: str | Path | None = None,
     ) -> RawInputs:
         raw = Path(raw) if raw is not None else None
 
@@ -82,6 +87,8 @@ class RawInputs:
             scenarios=scen,
             labels=pick(labels, "labels.parquet"),
             qa=pick(qa, "qa.parquet"),
+            topics=pick(topics, "topics.json"),
+            modalities_meta=pick(modalities_meta, "modalities.json"),
         )
 
 
@@ -90,6 +97,63 @@ def count_skip(skipped: dict[str, int], key: str, n: int, message: str) -> None:
     if n:
         skipped[key] = skipped.get(key, 0) + int(n)
         log.warning("skipped %d %s", n, message)
+
+
+def check_timezone(name: str) -> str:
+    """An IANA time zone name, or a DataError naming the option."""
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise DataError(
+            "--timezone", f"unknown time zone '{name}'", expected="an IANA name such as UTC or Europe/Berlin"
+        ) from None
+    return name
+
+
+def _utc_naive(moment: dt.datetime, tz: str) -> dt.datetime:
+    """A naive local time in ``tz`` (or an aware time) as naive UTC, the events' own clock."""
+    import zoneinfo
+
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=zoneinfo.ZoneInfo(tz))
+    return moment.astimezone(dt.timezone.utc).replace(tzinfo=None)
+
+
+def resolve_cutoff(text: str, tz: str) -> dt.datetime:
+    """``--cutoff`` as naive UTC; a time without an offset is local time in ``tz``."""
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise DataError(
+            "--cutoff", f"'{text}' is not an ISO date/time", expected="e.g. 2026-03-01 or 2026-03-01T00:00"
+        ) from None
+    return _utc_naive(moment, tz)
+
+
+def infer_modalities(inputs: RawInputs) -> list[str]:
+    """The modalities a build uses when none are given: ``modalities.json``'s order if present, else
+    every modality in the events (sorted), plus ``tabular`` when the users table has features."""
+    from data_modules.modality_meta import read_modalities_meta
+
+    if inputs.modalities_meta is not None:
+        mods = [m.name for m in read_modalities_meta(inputs.modalities_meta)]
+    else:
+        found: set[str] = set()
+        for path in inputs.events:
+            check_columns(path, read_schema(path), EVENTS_COLUMNS[:2])
+            found |= set(
+                pl.scan_parquet(path)
+                .select(pl.col("modality").cast(pl.String))
+                .unique()
+                .collect()["modality"]
+                .drop_nulls()
+            )
+        mods = sorted(found)
+    if inputs.users is not None and len(read_schema(inputs.users).names) > 1:
+        mods.append(TABULAR)
+    return mods
 
 
 def scan_events(inputs: RawInputs, event_mods: list[str]) -> pl.LazyFrame:
@@ -157,7 +221,7 @@ def _check_event_rows(path: Path, lf: pl.LazyFrame, event_mods: list[str]) -> No
         f"unknown modality '{row['modality']}'",
         column="modality",
         row=row["row"],
-        expected=f"one of {event_mods} (set --modalities to use others)",
+        expected=f"one of {event_mods} (set --modalities or modalities.json to use others)",
     )
 
 
@@ -243,8 +307,12 @@ def read_external_qa(path: Path) -> pl.DataFrame:
     return df.drop("row")
 
 
-def default_cutoff(events: pl.LazyFrame, future_days: int) -> dt.datetime:
-    """The day after the last event, minus the future window: the newest data is the future."""
+def default_cutoff(events: pl.LazyFrame, future_days: int, tz: str = "UTC") -> dt.datetime:
+    """Local midnight after the last event, minus the future window: the newest data is the future
+    (naive UTC)."""
+    import zoneinfo
+
     last = events.select(pl.col("ts").max()).collect().item()
-    day_after = dt.datetime.combine(last.date(), dt.time()) + dt.timedelta(days=1)
-    return day_after - dt.timedelta(days=future_days)
+    local_last = last.replace(tzinfo=dt.timezone.utc).astimezone(zoneinfo.ZoneInfo(tz))
+    day_after = dt.datetime.combine(local_last.date(), dt.time()) + dt.timedelta(days=1)
+    return _utc_naive(day_after - dt.timedelta(days=future_days), tz)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from data_modules.atomic import read_json
 from data_modules.errors import DataError
 
 
@@ -38,12 +38,7 @@ class Scenario:
 def load_scenarios(path: str | Path) -> list[Scenario]:
     """Read ``scenarios.json``: a list of objects, or a mapping name -> object."""
     path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(path, "file not found") from None
-    except json.JSONDecodeError as err:
-        raise DataError(path, f"not valid JSON: {err}") from None
+    raw = read_json(path)
     if isinstance(raw, dict):
         raw = [{"name": name, **body} for name, body in raw.items()]
     if not isinstance(raw, list):

@@ -5,6 +5,8 @@ Raw inputs (``qanchor build --raw DIR``)::
     DIR/events/*.parquet | DIR/events.parquet   user_id, modality, ts, text [, category, value]
     DIR/users.parquet                           user_id + numeric tabular feature columns
     DIR/scenarios.json                          name -> query, domain, rule
+    DIR/modalities.json     (optional)          per modality: description, unit, value_kind
+    DIR/topics.json         (optional)          the D_uqa topic pool (default: derived from the data)
     DIR/labels.parquet      (optional)          user_id, scenario, label (0/1)
     DIR/qa.parquet          (optional)          user_id, query, answer
 """
@@ -20,7 +22,7 @@ import pyarrow.parquet as pq
 
 from data_modules.errors import DataError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: seen events' values and categories (val_*, cat_*) in shards
 
 #: The paper's six modalities; ``tabular`` is the users table, the rest are event streams.
 PAPER_MODALITIES: tuple[str, ...] = ("bill", "mini", "spm", "app", "search", "tabular")
@@ -149,6 +151,8 @@ def shard_schema(event_mods: list[str], n_tabular: int) -> pa.Schema:
         fields += [
             pa.field(f"ev_{m}", pa.list_(pa.int32())),
             pa.field(f"ts_{m}", pa.list_(pa.timestamp("ms"))),
+            pa.field(f"val_{m}", pa.list_(pa.float64())),
+            pa.field(f"cat_{m}", pa.list_(pa.string())),
             pa.field(f"n_{m}", pa.int32()),
         ]
     fields += [

@@ -15,14 +15,17 @@ evaluated on labels it never saw: the demo's time split.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from data_modules.atomic import write_parquet
+from data_modules.atomic import write_json, write_parquet
+from data_modules.modality_meta import ModalityMeta
 from data_modules.scenarios import Scenario, save_scenarios
+from data_modules.synth_topics import WORLD_TOPICS
+from data_modules.topics import save_topics
 
 TRAITS = (
     "activity", "foodie", "culture", "green", "social", "thrift",
@@ -262,6 +265,15 @@ SCENARIOS: tuple[Scenario, ...] = (
 )  # fmt: skip
 
 
+MODALITY_META: tuple[ModalityMeta, ...] = (
+    ModalityMeta("bill", "payments", "CNY", "amount"),
+    ModalityMeta("mini", "mini programs"),
+    ModalityMeta("spm", "in-app navigation"),
+    ModalityMeta("app", "apps"),
+    ModalityMeta("search", "searches"),
+)
+
+
 def _band_index(amounts: np.ndarray) -> np.ndarray:
     return np.searchsorted(AMOUNT_BANDS, amounts, side="right")
 
@@ -370,7 +382,8 @@ def generate(
 def write_world(
     out: str | Path, n_users: int, seed: int, *, activity: float = 1.0, n_files: int = 4, lead_days: int = 0
 ) -> dict:
-    """Write ``events/part-*.parquet``, ``users.parquet`` and ``scenarios.json`` under ``out``."""
+    """Write ``events/part-*.parquet``, ``users.parquet``, ``scenarios.json``, ``modalities.json`` and
+    ``topics.json`` under ``out``."""
     if lead_days < 0:
         raise ValueError(f"lead_days must be >= 0, got {lead_days}")
     out = Path(out)
@@ -380,5 +393,8 @@ def write_world(
         write_parquet(out / "events" / f"part-{k:05d}.parquet", events.slice(k * per_file, per_file))
     write_parquet(out / "users.parquet", users)
     save_scenarios(out / "scenarios.json", list(SCENARIOS))
+    # the world's own metadata and topic pool: its text keeps its currency and life topics
+    write_json(out / "modalities.json", [asdict(m) for m in MODALITY_META])
+    save_topics(out / "topics.json", WORLD_TOPICS)
     cutoff = START + dt.timedelta(days=HISTORY_DAYS + lead_days)
     return {"users": n_users, "events": events.num_rows, "cutoff": cutoff.isoformat(), "out": str(out)}

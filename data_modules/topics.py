@@ -1,18 +1,46 @@
-"""The seed pool of 72 life topics behind D_uqa (paper 3.1).
+"""Topics behind D_uqa (paper 3.1): the questions a user's logs can answer, and which events answer them.
 
-A topic is relevant to a user in proportion to how many of the user's history events match it:
-an event matches when its modality is allowed and one keyword occurs in its category or text
-(case-insensitive; the empty keyword matches every event). Topics are data, not code: a user with
-other logs passes ``--topics FILE`` (a JSON list of objects with the same fields).
+A topic is relevant to a user in proportion to how many of the user's *seen* history events (the
+capped ones the model gets) match it. An event matches when its modality is one of the topic's
+(all configured modalities when the topic names none) and
+
+- ``categories`` is set: its category equals one of them (case-insensitive), or
+- otherwise: one keyword occurs in its category or text as a whole word or phrase
+  (case-insensitive; no letter or digit may continue it on either side, so "game" does not match
+  "Games" and "live" does not match "Delivery"; the empty keyword matches every event).
+
+``kind`` picks the answer's shape: ``events`` (counts, top actions, values), ``recency`` (when last
+active) or ``trend`` (earlier vs later half of what is on record).
+
+Where the pool comes from, in order: ``--topics FILE``; the raw folder's ``topics.json``; otherwise
+:func:`derive_topics` builds one from the data itself (per modality: activity, recency, trend, and
+one topic per frequent category). Nothing here knows any domain's vocabulary.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+import functools
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from data_modules.atomic import read_json
 from data_modules.errors import DataError
+from data_modules.modality_meta import ModalityMeta
+
+TOPIC_KINDS = ("events", "recency", "trend")
+
+
+@functools.lru_cache(maxsize=4096)
+def phrase_pattern(keywords: tuple[str, ...]) -> re.Pattern | None:
+    """One case-insensitive pattern matching any keyword as a whole word/phrase; None = match all."""
+    words = [k.strip().lower() for k in keywords if k.strip()]
+    if len(words) < len(keywords):  # an empty keyword matches every event
+        return None
+    # [^\W_] = a letter or digit: "_" and punctuation separate words (snake_case categories split)
+    alternatives = "|".join(re.escape(w) for w in sorted(set(words), key=len, reverse=True))
+    return re.compile(rf"(?<![^\W_])(?:{alternatives})(?![^\W_])", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -21,166 +49,141 @@ class Topic:
 
     name: str
     question: str
-    keywords: tuple[str, ...]
+    keywords: tuple[str, ...] = ("",)
     modalities: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
+    kind: str = "events"
+
+    @property
+    def specific(self) -> bool:
+        """Whether the topic picks events by content (a category or keyword), not all of a modality."""
+        return bool(self.categories) or phrase_pattern(self.keywords) is not None
 
     def matches(self, modality: str, category: str, text: str) -> bool:
         if self.modalities and modality not in self.modalities:
             return False
-        hay = f"{category} {text}".lower()
-        return any(k in hay for k in self.keywords)
+        if self.categories:
+            return category.lower() in {c.lower() for c in self.categories}
+        pattern = phrase_pattern(self.keywords)
+        return pattern is None or bool(pattern.search(category) or pattern.search(text))
+
+    def to_json(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
-def _t(name: str, question: str, keywords: str, modalities: str = "") -> Topic:
-    kws = tuple(k.strip().lower() for k in keywords.split("|")) if keywords else ("",)
-    return Topic(name, question, kws, tuple(m for m in modalities.split("|") if m))
+def topic(
+    name: str,
+    question: str,
+    keywords: Iterable[str] = ("",),
+    modalities: Iterable[str] = (),
+    categories: Iterable[str] = (),
+    kind: str = "events",
+) -> Topic:
+    """A Topic with lower-cased keywords and tuple fields."""
+    return Topic(
+        name,
+        question,
+        tuple(k.strip().lower() for k in keywords) or ("",),
+        tuple(modalities),
+        tuple(categories),
+        kind,
+    )
 
 
-SEED_TOPICS: tuple[Topic, ...] = (
-    _t("payments overview", "What does the user's payment history look like?", "", "bill"),
-    _t("mini program usage", "Which mini programs does the user rely on?", "", "mini"),
-    _t("app usage", "Which apps does the user use most?", "", "app"),
-    _t("in-app navigation", "Where does the user go inside the app?", "", "spm"),
-    _t("search interests", "What does the user search for?", "", "search"),
-    _t("overall activity", "How active is the user on the platform overall?", ""),
-    _t(
-        "takeout habits",
-        "How often does the user order takeout, and from where?",
-        "takeout|waimai|ele.me|delivery",
-    ),
-    _t("coffee and tea", "Does the user buy coffee or tea drinks?", "coffee|luckin|starbucks|milk tea"),
-    _t(
-        "groceries",
-        "How does the user shop for groceries?",
-        "grocery|walmart|carrefour|familymart|lawson|wumart|hema",
-    ),
-    _t(
-        "dining out",
-        "How often does the user eat out at restaurants?",
-        "dining|restaurant|hotpot|noodle|din tai fung|xibei",
-    ),
-    _t("commuting", "What are the user's daily commuting and travel habits?", "transit|metro|bus|bike"),
-    _t("ride hailing", "Does the user take taxis or ride-hailing cars?", "ride_hailing|didi|taxi"),
-    _t("household bills", "How does the user pay household bills?", "utilities|electricity|water|top-up"),
-    _t("live music and concerts", "Is the user into concerts and live shows?", "concert|live|damai"),
-    _t("movies", "Does the user go to the movies?", "movie|cinema|maoyan"),
-    _t(
-        "brand affinity",
-        "Which brands does the user engage with?",
-        "brand|nike|apple|uniqlo|starbucks|l'oreal|coca-cola",
-    ),
-    _t(
-        "bargain hunting",
-        "Does the user look for bargains?",
-        "value|pinduoduo|discount|coupon|cheap|special offers|wholesale",
-    ),
-    _t(
-        "big sales",
-        "Does the user take part in big shopping festivals?",
-        "big-sale|big_sale|double 11|618|sale",
-    ),
-    _t(
-        "family and friends transfers",
-        "How does the user send money to people they know?",
-        "transferred|contact|transfer",
-    ),
-    _t("account security", "Are there signs of risky payment behaviour?", "risk|night|new payee|held"),
-    _t(
-        "large incoming funds",
-        "Does the user receive money from many sources?",
-        "received|several accounts|inbound",
-    ),
-    _t("compliance reviews", "Has the user's account been reviewed?", "compliance|reviewed"),
-    _t("health management", "How does the user manage health matters?", "health|hospital|pharmacy"),
-    _t("mobile gaming", "Does the user play mobile games?", "game|match|farm|puzzle"),
-    _t("government services", "Does the user use government services?", "social security|tax|vehicle|gov"),
-    _t("login habits", "How regularly does the user log in?", "login"),
-    _t(
-        "green living",
-        "Does the user engage in green, low-carbon activities?",
-        "forest|tree|energy|green|low-carbon",
-    ),
-    _t("interest community", "Is the user active in the interest community?", "community|post|like|comment"),
-    _t(
-        "wealth management",
-        "How does the user manage wealth products?",
-        "wealth|fund|yu'e bao|finance|tonghuashun|futu",
-    ),
-    _t("budgeting", "Does the user keep track of their spending?", "bills|summary|budget"),
-    _t("social media", "Which social media does the user use?", "wechat|weibo|xiaohongshu|social"),
-    _t("music streaming", "Does the user stream music?", "music"),
-    _t("online shopping", "How does the user shop online?", "taobao|jd|pinduoduo|shopping"),
-    _t("borrowing", "Does the user look for loans or credit?", "loan|cash advance|credit"),
-    _t("risky apps", "Does the user use unverified or risky apps?", "unverified|remote control|crypto"),
-    _t("food exploration", "How does the user discover food?", "food|hotpot|milk tea|dianping|meituan"),
-    _t("cycling", "Does the user ride shared bikes?", "bike"),
-    _t("fast food", "Does the user eat fast food?", "kfc|pizza hut"),
-    _t("fresh produce", "Does the user buy fresh produce?", "hema|fresh"),
-    _t("banking", "How does the user use banking services?", "bank"),
-    _t("investment", "Does the user invest in funds or stocks?", "fund|futu|tonghuashun|stock"),
-    _t("promotions", "Does the user respond to promotions?", "promo|red packet|venue"),
-    _t("late-night activity", "Is the user active late at night?", "night"),
-    _t("mobile top-ups", "How does the user top up their phone?", "top-up|china mobile"),
-    _t("electricity", "How does the user pay for electricity?", "electricity|state grid"),
-    _t("water bills", "How does the user pay for water?", "city water"),
-    _t("sports and fitness", "Is the user into sports and fitness?", "nike|sport|fitness|gym"),
-    _t("beauty", "Is the user interested in beauty products?", "l'oreal|beauty|cosmetic"),
-    _t("beverages", "What drinks does the user buy?", "coca-cola|milk tea|coffee"),
-    _t("electronics", "Does the user buy electronics?", "apple|electronics|jd"),
-    _t("fashion", "What are the user's fashion purchases?", "uniqlo|nike|fashion"),
-    _t("convenience stores", "Does the user shop at convenience stores?", "familymart|lawson"),
-    _t("supermarkets", "Does the user shop at supermarkets?", "walmart|carrefour|wumart"),
-    _t("brand campaigns", "Does the user join brand campaigns?", "campaign"),
-    _t("coupons", "Does the user collect coupons?", "coupon"),
-    _t(
-        "shopping festivals",
-        "Which shopping festivals does the user follow?",
-        "festival|double 11|618|spring",
-    ),
-    _t("entertainment", "What entertainment does the user enjoy?", "movie|concert|music|game"),
-    _t("news and information", "Where does the user get news and information?", "news|weibo"),
-    _t("offline scan payments", "Does the user scan to pay offline?", "scan"),
-    _t("home screen usage", "How does the user use the home screen?", "home"),
-    _t("hotpot", "Does the user enjoy hotpot?", "hotpot|haidilao"),
-    _t("noodles", "Does the user eat at noodle shops?", "noodle"),
-    _t("local life services", "Does the user use local life services?", "dianping|meituan"),
-    _t(
-        "public services",
-        "Does the user use public service mini programs?",
-        "social security|tax|health code",
-    ),
-    _t("medical appointments", "Does the user book medical appointments?", "hospital booking"),
-    _t("pharmacy", "Does the user buy from pharmacies?", "pharmacy"),
-    _t("car ownership", "Are there signs that the user owns a car?", "vehicle|parking|gaode"),
-    _t("maps and navigation", "Does the user use maps and navigation?", "gaode|map"),
-    _t("peer payments", "How does the user pay other people?", "contact|payee"),
-    _t("savings", "Does the user keep savings products?", "yu'e bao|savings"),
-    _t("content creation", "Does the user create content in communities?", "post|comment"),
-    _t("energy collection", "Does the user collect green energy?", "collect energy|green energy"),
-)
-assert len(SEED_TOPICS) == 72, len(SEED_TOPICS)
+def load_topics(path: str | Path, event_mods: Sequence[str]) -> tuple[Topic, ...]:
+    """A JSON list of ``{name, question, keywords?, modalities?, categories?, kind?}`` objects.
 
-
-def load_topics(path: str | Path | None) -> tuple[Topic, ...]:
-    """The built-in seed pool, or a JSON list of ``{name, question, keywords, modalities}`` objects."""
-    if path is None:
-        return SEED_TOPICS
+    Every modality a topic names must be one of ``event_mods`` (the configured ones)."""
     path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise DataError(path, f"cannot read topics: {err}") from None
-    topics = []
+    raw = read_json(path)
+    if not isinstance(raw, list) or not raw:
+        raise DataError(path, "expected a non-empty JSON list of topic objects")
+    topics, seen = [], set()
     for i, item in enumerate(raw):
-        try:
-            topics.append(
-                Topic(
-                    str(item["name"]),
-                    str(item["question"]),
-                    tuple(k.lower() for k in item.get("keywords", [""])) or ("",),
-                    tuple(item.get("modalities", [])),
-                )
+        where = f"{i} ({item.get('name')})" if isinstance(item, dict) else i
+        if not isinstance(item, dict):
+            raise DataError(path, "topic is not an object", row=where)
+        for key in ("name", "question"):
+            if not isinstance(item.get(key), str) or not item[key].strip():
+                raise DataError(path, f"topic has no '{key}'", row=where, expected="a non-empty string")
+        for key in ("keywords", "modalities", "categories"):
+            value = item.get(key, [])
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise DataError(path, f"'{key}' is not a list of strings", row=where, column=key)
+        unknown = [m for m in item.get("modalities", []) if m not in event_mods]
+        if unknown:
+            raise DataError(
+                path, f"unknown modality {unknown[0]!r}", row=where, column="modalities",
+                expected=f"one of the configured event modalities {list(event_mods)}",
+            )  # fmt: skip
+        kind = item.get("kind", "events")
+        if kind not in TOPIC_KINDS:
+            raise DataError(
+                path, f"kind '{kind}'", row=where, column="kind", expected=f"one of {list(TOPIC_KINDS)}"
             )
-        except (KeyError, TypeError) as err:
-            raise DataError(path, f"bad topic: {err}", row=i, expected="name, question, keywords") from None
+        if item["name"] in seen:
+            raise DataError(path, "duplicate topic name", row=where, column="name")
+        seen.add(item["name"])
+        topics.append(
+            topic(
+                item["name"],
+                item["question"],
+                item.get("keywords") or [""],
+                item.get("modalities", []),
+                item.get("categories", []),
+                kind,
+            )  # fmt: skip
+        )
     return tuple(topics)
+
+
+def derive_topics(
+    category_counts: Mapping[str, Mapping[str, int]],
+    meta: Mapping[str, ModalityMeta],
+    *,
+    max_categories: int = 8,
+    min_share: float = 0.01,
+) -> tuple[Topic, ...]:
+    """The default pool, from the data alone: per modality, overall activity, recency and trend, plus
+    one topic per frequent category (at least ``min_share`` of the modality's events, at most
+    ``max_categories`` of them, most frequent first).
+
+    ``category_counts``: modality -> category -> history events (null categories left out)."""
+    out: list[Topic] = []
+    for m, info in meta.items():
+        label = info.label
+        out += [
+            topic(f"{label} activity", f"How active is the user in {label}?", modalities=[m]),
+            topic(
+                f"{label} recency",
+                f"When was the user last active in {label}?",
+                modalities=[m],
+                kind="recency",
+            ),
+            topic(
+                f"{label} trend",
+                f"Is the user's {label} activity rising or falling?",
+                modalities=[m],
+                kind="trend",
+            ),
+        ]
+        counts = category_counts.get(m, {})
+        total = sum(counts.values())
+        frequent = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        for cat, n in frequent[:max_categories]:
+            if total and n / total >= min_share:
+                out.append(
+                    topic(
+                        f"{label}: {cat}",
+                        f"How does the user engage with {cat} in {label}?",
+                        modalities=[m],
+                        categories=[cat],
+                    )  # fmt: skip
+                )
+    return tuple(out)
+
+
+def save_topics(path: str | Path, topics: Sequence[Topic]) -> None:
+    from data_modules.atomic import write_json
+
+    write_json(path, [t.to_json() for t in topics])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import sys
@@ -34,7 +35,10 @@ def _build(args: argparse.Namespace) -> dict:
         labels=args.labels,
         qa=args.qa,
         topics=args.topics,
-        modalities=tuple(args.modalities.split(",")),
+        modalities_meta=args.modalities_meta,
+        modalities=tuple(args.modalities.split(",")) if args.modalities else None,
+        timezone=args.timezone,
+        topic_categories=args.topic_categories,
         cutoff=args.cutoff,
         history_days=args.history_days,
         future_days=args.future_days,
@@ -48,7 +52,7 @@ def _build(args: argparse.Namespace) -> dict:
         tokenizer_vocab=args.tokenizer_vocab,
     )
     m = build(cfg)
-    return {"out": args.out, "counts": m.counts, "skipped": m.skipped, "cutoff": m.cutoff}
+    return {"out": args.out, "counts": m.counts, "skipped": m.skipped, "cutoff": m.cutoff, "qa": m.qa}
 
 
 def _encode(args: argparse.Namespace) -> dict:
@@ -147,6 +151,47 @@ def _demo(args: argparse.Namespace) -> dict:
     return run_demo(DemoConfig.from_options(args.out, fast=args.fast, **overrides))
 
 
+_TYPES = {"str": str, "int": int, "float": float, "str | None": str, "int | None": int, "float | None": float}
+
+
+def add_dataclass_options(
+    parser: argparse.ArgumentParser, cls: type, required: tuple[str, ...] = (), skip: tuple[str, ...] = ()
+) -> None:
+    """One ``--option`` per field of a config dataclass (its default and type)."""
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            default = None if f.name in required else f.default
+            parser.add_argument(flag, type=_TYPES[f.type], default=default, help=f"default: {f.default}")
+
+
+def dataclass_from_args(cls: type, args: argparse.Namespace):
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+
+
+def _experiment(args: argparse.Namespace) -> dict:
+    from qanchor_pl.pipelines.experiment import ExperimentConfig, run_experiment
+
+    return run_experiment(dataclass_from_args(ExperimentConfig, args))
+
+
+def _qa_synth(args: argparse.Namespace) -> dict:
+    from data_modules.qa_synth import QASynthConfig, run_qa_synth
+
+    return run_qa_synth(dataclass_from_args(QASynthConfig, args))
+
+
+def _bench_qa_synth(args: argparse.Namespace) -> dict:
+    from qanchor_pl.bench_qa_synth import bench_qa_synth
+
+    return bench_qa_synth(data=args.data, model=args.model, users=args.users, batch_size=args.batch_size,
+                          max_new_tokens=args.max_new_tokens, device=args.device)  # fmt: skip
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qanchor", description="Query-as-Anchor user embeddings pipeline")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -171,9 +216,17 @@ def _parser() -> argparse.ArgumentParser:
         "--raw", help="folder with events/, users.parquet, scenarios.json [, labels.parquet, qa.parquet]"
     )
     b.add_argument("--out", required=True)
-    for name in ("events", "users", "scenarios", "labels", "qa", "topics"):
+    for name in ("events", "users", "scenarios", "labels", "qa", "topics", "modalities-meta"):
         b.add_argument(f"--{name}", help=f"path of the {name} input (overrides --raw)")
-    b.add_argument("--modalities", default="bill,mini,spm,app,search,tabular")
+    b.add_argument(
+        "--modalities",
+        help="comma-separated modalities to use, 'tabular' for the users table "
+        "(default: modalities.json's, else every modality in the events, + tabular)",
+    )
+    b.add_argument("--timezone", default="UTC", help="IANA time zone of calendar facts and a naive --cutoff")
+    b.add_argument(
+        "--topic-categories", type=int, default=8, help="derived topic pool: category topics per modality"
+    )
     b.add_argument(
         "--cutoff", help="ISO time splitting history from future (default: last day - future window)"
     )
@@ -241,6 +294,28 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     ev.set_defaults(func=_evaluate)
 
+    qs = sub.add_parser(
+        "qa-synth",
+        help="LLM-written D_uqa for a built data set (resumable parts; torchrun/srun ranks share the users)",
+    )
+    qs.add_argument("--config", help="a YAML recipe whose keys are these options (command line wins)")
+    from data_modules.qa_synth import QASynthConfig
+
+    add_dataclass_options(qs, QASynthConfig, required=("data",))
+    qs.set_defaults(func=_qa_synth, required_options=("data",))
+    RECIPE_PARSERS["qa-synth"] = qs
+
+    ex = sub.add_parser(
+        "experiment",
+        help="the whole experiment on your raw logs: split, build, encode, pretrain, tune, embed, evaluate",
+    )
+    ex.add_argument("--config", help="a YAML recipe whose keys are these options (command line wins)")
+    from qanchor_pl.pipelines.experiment import ExperimentConfig
+
+    add_dataclass_options(ex, ExperimentConfig, required=("raw",), skip=("timings",))
+    ex.set_defaults(func=_experiment, required_options=("raw",))
+    RECIPE_PARSERS["experiment"] = ex
+
     dm = sub.add_parser("demo", help="the whole pipeline on the synthetic world, ending in the result tables")
     dm.add_argument("--out", default="runs/demo")
     dm.add_argument("--fast", action="store_true", help="a small, ~3-minute version (used by a test)")
@@ -253,7 +328,7 @@ def _parser() -> argparse.ArgumentParser:
     mb = sub.add_parser(
         "make-backbone", help="a random-weight LM with a published shape (speed/memory checks offline)"
     )
-    mb.add_argument("--shape", default="qwen2.5-0.5b", help="qwen2.5-0.5b | qwen2.5-1.5b | qwen2.5-3b")
+    mb.add_argument("--shape", default="qwen2.5-0.5b", help="qwen2.5-0.5b | qwen2.5-1.5b | qwen2.5-3b | tiny")
     mb.add_argument(
         "--tokenizer", required=True, help="a data set folder or tokenizer folder to ship with it"
     )
@@ -294,6 +369,17 @@ def _parser() -> argparse.ArgumentParser:
     bk.add_argument("--repeats", type=int, default=3)
     bk.add_argument("--json", action="store_true", help="print one JSON object (always JSON)")
     bk.set_defaults(func=_bench_kv)
+    bq = bsub.add_parser("qa-synth", help="LLM answer generation: users/s and generated tokens/s")
+    bq.add_argument(
+        "--data", help="a built data set (default: a small synthetic one, built in a temp folder)"
+    )
+    bq.add_argument("--model", help="a causal LM folder (default: a tiny random Qwen2 made here)")
+    bq.add_argument("--users", type=int, default=32)
+    bq.add_argument("--batch-size", type=int, default=16)
+    bq.add_argument("--max-new-tokens", type=int, default=64)
+    bq.add_argument("--device", default="auto")
+    bq.add_argument("--json", action="store_true", help="print one JSON object (always JSON)")
+    bq.set_defaults(func=_bench_qa_synth)
     return p
 
 

@@ -7,6 +7,8 @@ the ROC) come from torchmetrics. Baselines go through the very same probe:
   text-embedding model" row);
 - ``mean-events``: each modality's mean event vector, concatenated, plus the tabular features
   (a static user embedding from the same inputs the model sees);
+- ``category-counts``: log(1 + count) of the user's seen events per modality and per (modality,
+  category), plus tabular (what a feature engineer writes first: activity by kind);
 - ``event-counts``: log(1 + count) of every distinct event text in the history, plus tabular (the
   bag of events; in the synthetic world, where events are independent draws from per-user rates,
   it is close to a sufficient statistic, so it is the reference a learned embedding is measured by).
@@ -34,7 +36,7 @@ from data_modules.scenarios import load_scenarios
 from qanchor_pl.significance import bootstrap_avg_auc, paired_delta
 
 log = logging.getLogger(__name__)
-BASELINES = ("minilm", "mean-events", "event-counts")
+BASELINES = ("minilm", "mean-events", "category-counts", "event-counts")
 
 
 # -- the probe ----------------------------------------------------------------------------------
@@ -155,6 +157,26 @@ def event_count_features(data: Path) -> dict[str, tuple[list[str], np.ndarray]]:
     return _with_tabular(blocks, prof, manifest)
 
 
+def category_count_features(data: Path) -> dict[str, tuple[list[str], np.ndarray]]:
+    """Per user: log(1 + events) per modality and per (modality, category) seen, plus tabular."""
+    manifest = Manifest.load(data)
+    cols = ["user_id", "tabular", *(f"cat_{m}" for m in manifest.event_modalities)]
+    prof = pl.concat([pl.read_parquet(data / n, columns=cols) for n in manifest.shard_files])
+    blocks = []
+    for m in manifest.event_modalities:
+        cats = prof[f"cat_{m}"].to_list()
+        names = sorted({c for row in cats for c in row if c is not None})
+        index = {c: j for j, c in enumerate(names)}
+        counts = np.zeros((prof.height, len(names) + 1), dtype=np.float32)
+        for i, row in enumerate(cats):
+            counts[i, -1] = len(row)
+            for c in row:
+                if c is not None:
+                    counts[i, index[c]] += 1.0
+        blocks.append(np.log1p(counts))
+    return _with_tabular(blocks, prof, manifest)
+
+
 def profile_texts(data: Path, top: int = 8) -> tuple[list[str], list[str]]:
     """A text rendering of each user's history: per modality its most frequent events with counts."""
     manifest = Manifest.load(data)
@@ -163,13 +185,19 @@ def profile_texts(data: Path, top: int = 8) -> tuple[list[str], list[str]]:
         m: pl.read_parquet(data / "vocab" / f"{m}.parquet").sort("id")["text"].to_list()
         for m in manifest.event_modalities
     }
+    from data_modules.modality_meta import meta_from_json
+
+    meta = meta_from_json(manifest.modality_meta)
     texts = []
     for row in prof.iter_rows(named=True):
         pieces = []
         for m in manifest.event_modalities:
             common = Counter(row[f"ev_{m}"] or []).most_common(top)
             if common:
-                pieces.append(f"{m}: " + "; ".join(f"{vocab[m][i]} x{c}" for i, c in common))
+                pieces.append(
+                    f"{meta[m].label if m in meta else m}: "
+                    + "; ".join(f"{vocab[m][i]} x{c}" for i, c in common)
+                )
         texts.append(". ".join(pieces) or "no activity")
     return prof["user_id"].to_list(), texts
 
@@ -285,7 +313,8 @@ def run_evaluate(
             cache = out_dir / f"minilm-profile-{profile_tokens}tok.npy"
             feats = minilm_features(data_dir, cache, max_tokens=profile_tokens)
         else:
-            feats = mean_event_features(data_dir) if b == "mean-events" else event_count_features(data_dir)
+            feats = {"mean-events": mean_event_features, "category-counts": category_count_features,
+                     "event-counts": event_count_features}[b](data_dir)  # fmt: skip
         metrics, curves[b] = evaluate_features(feats, data_dir, chosen)
         rows[b] = with_average(metrics)
     projector = None

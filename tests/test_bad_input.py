@@ -76,7 +76,7 @@ def test_unknown_modality_names_file_row_and_value(tmp_path):
     with pytest.raises(
         DataError, match=r"part-0\.parquet, column 'modality', row 3: unknown modality 'radio'"
     ):
-        _build(raw, tmp_path)
+        _build(raw, tmp_path, modalities=("bill", "app", "search", "tabular"))
 
 
 def test_truncated_parquet_names_the_file(tmp_path):
@@ -132,7 +132,16 @@ def test_counted_skips_users_without_events_events_outside_windows_and_empty_fil
 
 def test_cli_reports_bad_input_with_exit_code_2(tmp_path):
     raw = _raw(tmp_path, events=_events(modality=["bill", "tv", "bill", "app", "bill"]))
-    proc = run_qanchor("build", "--raw", str(raw), "--out", str(tmp_path / "d"), check=False)
+    proc = run_qanchor(
+        "build",
+        "--raw",
+        str(raw),
+        "--out",
+        str(tmp_path / "d"),
+        "--modalities",
+        "bill,app,tabular",
+        check=False,
+    )
     assert proc.returncode == 2
     assert (
         "error:" in proc.stderr and "unknown modality 'tv'" in proc.stderr and "part-0.parquet" in proc.stderr

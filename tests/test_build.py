@@ -14,6 +14,7 @@ import pytest
 from data_modules.build import BuildConfig, build
 from data_modules.manifest import Manifest
 from data_modules.scenarios import Scenario, save_scenarios
+from data_modules.schemas import SCHEMA_VERSION
 from data_modules.synth import SCENARIOS
 from tests.conftest import run_qanchor
 
@@ -29,7 +30,7 @@ def test_manifest_lists_every_file_with_rows_and_checksums(built):
         str(p.relative_to(built)) for p in built.rglob("*") if p.is_file() and p.name != "manifest.json"
     }
     assert on_disk == set(m.files)
-    assert m.schema_version == 1 and m.modalities[-1] == "tabular"
+    assert m.schema_version == SCHEMA_VERSION and m.modalities[-1] == "tabular"
     shards = m.shard_files
     assert len(shards) == 3 and sum(m.files[s]["rows"] for s in shards) == m.counts["users"] == 300
     for s in shards:

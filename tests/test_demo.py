@@ -13,7 +13,7 @@ from tests.conftest import run_qanchor
 from tests.helpers.tb import scalars
 
 ROWS = ["General text embedding (MiniLM, profile text)", "Mean event vectors + tabular",
-        "Reference: bag of events (log counts) + tabular", "Q-Anchor (base)",
+        "Event counts per modality and category + tabular", "Reference: bag of events (log counts) + tabular", "Q-Anchor (base)",
         "Q-Anchor (prompt-tuned)", "w/o contrastive", "w/o NTP", "w/o margin filter", "w/o structural tokens",
         "w/o pretraining (prompt-tuned)"]  # fmt: skip
 
@@ -22,13 +22,16 @@ ROWS = ["General text embedding (MiniLM, profile text)", "Mean event vectors + t
 def test_fast_demo_end_to_end(tmp_path):
     out = tmp_path / "demo"
     proc = run_qanchor("demo", "--fast", "--out", str(out))
-    assert "[demo] stage timings:" in proc.stderr
+    assert (
+        "[experiment] stage timings:" in proc.stderr
+        and "[experiment] time split: data 2026-01-01" in proc.stderr
+    )
     report = json.loads((out / "report.json").read_text())
     assert list(report["table"]) == ROWS and len(report["scenarios"]) == 10
     for row in report["table"].values():
         assert set(row) == {*report["scenarios"], "Avg"}
     pairs = {(c["a"], c["b"]) for c in report["comparisons"]}
-    assert ("Q-Anchor (base)", "Mean event vectors + tabular") in pairs and len(pairs) == 8
+    assert ("Q-Anchor (base)", "Mean event vectors + tabular") in pairs and len(pairs) == 9
     assert all(c["lo"] <= c["hi"] for c in report["comparisons"])
     md = (out / "report.md").read_text()
     assert md.count("| Q-Anchor (prompt-tuned) | 0.") == 2 and "- total:" in md  # AUC and KS tables

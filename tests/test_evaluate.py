@@ -29,7 +29,9 @@ def test_auc_and_ks_match_their_definitions():
 def test_profile_texts_render_each_users_frequent_events(built):
     users, texts = profile_texts(built)
     assert len(users) == len(texts) == 300 and len(set(users)) == 300
-    assert all(t for t in texts) and any("bill: " in t and " x" in t for t in texts)
+    assert all(t for t in texts) and any(
+        "payments: " in t and " x" in t for t in texts
+    )  # modalities.json labels
 
 
 def test_event_counts_are_log1p_counts_of_each_history_text_then_tabular(built):

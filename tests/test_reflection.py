@@ -1,60 +1,67 @@
-"""Reflection: every number a generated answer states is recomputed here, independently, from the
-raw events of that user (D_uqa from the history window, D_future from the future window)."""
+"""Reflection: every number a templated answer states is recomputed here, independently, from the
+raw events the model sees (the per-modality caps applied to the user's own history / future)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
+from collections import Counter
 
 import polars as pl
 
 from data_modules.manifest import Manifest
-from data_modules.qa import numbers_in, reflect
-from data_modules.topics import SEED_TOPICS
+from data_modules.qa import Facts, number_key, reflect, stated_numbers
+from data_modules.topics import load_topics
 
 
-def _user_facts_uqa(hist: pl.DataFrame, topic, cutoff: dt.datetime, days: int) -> set[str]:
-    rows = [
-        r for r in hist.iter_rows(named=True) if topic.matches(r["modality"], r["category"] or "", r["text"])
-    ]
+def _seen(
+    raw: pl.DataFrame, caps: dict[str, int], cutoff: dt.datetime, m: Manifest
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    start, end = cutoff - dt.timedelta(days=m.history_days), cutoff + dt.timedelta(days=m.future_days)
+    hist = raw.filter((pl.col("ts") >= start) & (pl.col("ts") < cutoff)).sort(
+        "user_id", "modality", "ts", "text"
+    )
+    fut = raw.filter((pl.col("ts") >= cutoff) & (pl.col("ts") < end)).sort(
+        "user_id", "modality", "ts", "text"
+    )
+    hist = pl.concat(
+        [g.tail(caps[k[1]]) for k, g in hist.group_by("user_id", "modality", maintain_order=True)]
+    )
+    fut = pl.concat([g.head(caps[k[1]]) for k, g in fut.group_by("user_id", "modality", maintain_order=True)])
+    return hist, fut
+
+
+def _uqa_facts(rows: list[dict], cutoff: dt.datetime) -> set[str]:
     n = len(rows)
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r["text"]] = counts.get(r["text"], 0) + 1
-    values = [r["value"] for r in rows if r["value"] is not None]
-    cents = sum(round(v * 100) for v in values)
-    last = max(r["ts"] for r in rows)
-    facts = {
-        str(days), str(n), f"{n / (days / 7):.1f}", str(len({r['ts'].date() for r in rows})), str(len(counts)),
-        str(int((cutoff - last).total_seconds() // 86400)),
-        str(round(100 * sum(r["ts"].isoweekday() >= 6 for r in rows) / n)),
-    }  # fmt: skip
-    facts |= {str(c) for c in counts.values()}
-    if values:
-        facts |= {f"{cents / 100:.2f}", f"{cents / len(values) / 100:.2f}"}
-    return facts
+    counts = Counter(r["text"] for r in rows)
+    to_cut = [(cutoff - r["ts"]) for r in rows]
+    span = max(to_cut).days + 1
+    later = sum(2 * t.total_seconds() <= span * 86400 for t in to_cut)
+    facts = {n, len({r["ts"].date() for r in rows}), len(counts), min(to_cut).days, 7, span, later, n - later,
+             round(100 * sum(r["ts"].isoweekday() >= 6 for r in rows) / n), sum(t <= dt.timedelta(days=7) for t in to_cut),
+             *counts.values()}  # fmt: skip
+    for mod in {r["modality"] for r in rows}:
+        values = [r["value"] for r in rows if r["modality"] == mod and r["value"] is not None]
+        if values:
+            cents = sum(round(v * 100) for v in values)
+            facts |= {cents / 100, cents / len(values) / 100}
+    return {number_key(str(round(x, 2) if isinstance(x, float) else x)) for x in facts}
 
 
-def _user_facts_future(fut: pl.DataFrame, future_days: int) -> set[str]:
-    facts = {str(future_days)}
-    counts = fut.group_by("text").len()["len"].to_list()
-    facts |= {str(c) for c in counts}
+def _future_facts(fut: pl.DataFrame, future_days: int) -> set[str]:
+    facts = {future_days, *fut.group_by("text").len()["len"].to_list()}
     for b in range(3):
-        facts |= {str(int(b * future_days / 3) + 1), str(int((b + 1) * future_days / 3))}
-    return facts
+        facts |= {int(b * future_days / 3) + 1, int((b + 1) * future_days / 3)}
+    return {number_key(str(x)) for x in facts}
 
 
-def test_every_number_in_every_answer_is_supported_by_the_profile(built, raw_world):
+def test_every_number_in_every_answer_comes_from_the_events_the_model_sees(built, raw_world):
     m = Manifest.load(built)
     cutoff = dt.datetime.fromisoformat(m.cutoff)
     raw = pl.read_parquet(raw_world / "events" / "*.parquet")
-    hist_all = raw.filter(
-        (pl.col("ts") < cutoff) & (pl.col("ts") >= cutoff - dt.timedelta(days=m.history_days))
-    )
-    fut_all = raw.filter(
-        (pl.col("ts") >= cutoff) & (pl.col("ts") < cutoff + dt.timedelta(days=m.future_days))
-    )
-    topics = {t.name: t for t in SEED_TOPICS}
+    hist_all, fut_all = _seen(raw, m.max_events, cutoff, m)
+    topics = {t.name: t for t in load_topics(built / "topics.json", m.event_modalities)}
     shards = pl.concat([pl.read_parquet(p) for p in sorted((built / "shards").glob("*.parquet"))])
     checked = 0
     for row in shards.iter_rows(named=True):
@@ -62,22 +69,60 @@ def test_every_number_in_every_answer_is_supported_by_the_profile(built, raw_wor
         hist = hist_all.filter(pl.col("user_id") == u)
         for answer, source in zip(row["qa_answer"], row["qa_source"]):
             if source == "future":
-                facts = _user_facts_future(fut_all.filter(pl.col("user_id") == u), m.future_days)
+                fut = fut_all.filter(pl.col("user_id") == u)
+                facts, texts = _future_facts(fut, m.future_days), set(fut["text"])
             else:
-                facts = _user_facts_uqa(hist, topics[source.removeprefix("uqa:")], cutoff, m.history_days)
-                # quoted event texts must be the user's own history events
-                for quoted in re.findall(r'"([^"]*)"', answer):
-                    assert quoted in set(hist["text"]), (u, quoted)
-            stated = numbers_in(answer)
+                topic = topics[source.removeprefix("uqa:")]
+                rows = [
+                    r
+                    for r in hist.iter_rows(named=True)
+                    if topic.matches(r["modality"], r["category"] or "", r["text"])
+                ]
+                facts, texts = _uqa_facts(rows, cutoff), {r["text"] for r in rows}
+                n_stated = (
+                    int(re.search(r"shows (\d+) event", answer).group(1)) if "shows" in answer else None
+                )
+                if n_stated is not None:  # the count is of seen events: never above the caps' sum
+                    assert n_stated <= sum(m.max_events.values())
+            for quoted in re.findall(r'"(.*?)"(?: \(| \d|\.|;|$)', answer):
+                assert quoted in texts, (u, source, quoted)
+            masked = answer
+            for t in sorted(texts, key=len, reverse=True):
+                masked = masked.replace(f'"{t}"', " ")
+            stated = stated_numbers(masked)
             assert stated, answer
-            unsupported = [x for x in stated if x not in facts]
-            assert not unsupported, f"{u} / {source}: {unsupported} not in the profile: {answer}"
+            unsupported = [x for x in stated if number_key(x) not in facts]
+            assert not unsupported, f"{u} / {source}: {unsupported} not in the seen events: {answer}"
             checked += 1
     assert checked > 300 * 5
 
 
-def test_reflect_drops_unsupported_sentences():
-    answer = 'The user paid 3 times. They spent 99.00 CNY at "Shop 42". They like tea.'
-    kept, dropped = reflect(answer, {"3"})
-    assert dropped == 1
+def test_reflect_drops_unsupported_sentences_and_counts_reasons():
+    facts = Facts(spans={"Shop 42"})
+    facts.add_numbers([3])
+    answer = 'The user paid 3 times. They spent 99.00 at "Shop 42". They like "Tea House". They like tea.'
+    kept, dropped = reflect(answer, facts)
+    assert dropped == Counter({"unsupported_number": 1, "ungrounded_quote": 1})
     assert kept == "The user paid 3 times. They like tea."
+
+
+def test_reflect_keeps_grounded_answers_whatever_their_punctuation():
+    """Event texts with quotes, digits and periods inside quotes are facts, not claims."""
+    texts = {'Rated "The Dark Knight" 4 stars', "Ran 5.5 km. Felt good", 'Watched "Se7en" (1995)'}
+    facts = Facts(spans=set(texts))
+    facts.add_numbers([2, 1])
+    answer = (
+        'Most frequent: "Rated "The Dark Knight" 4 stars" (2 times), "Ran 5.5 km. Felt good" (1 time). '
+        'Also "Watched "Se7en" (1995)" (1 time).'
+    )
+    kept, dropped = reflect(answer, facts)
+    assert not dropped and kept == answer
+
+
+def test_build_reports_answers_and_reflection_in_the_manifest(built):
+    m = json.loads((built / "manifest.json").read_text())
+    qa = m["qa"]
+    users = m["counts"]["users"]
+    assert qa["answers"]["future"] == users and qa["answers"]["uqa"] >= users
+    assert set(qa["reflection"]) == {"sentences_dropped", "answers_emptied"}
+    assert qa["topics"]["count"] == 72 and qa["topics"]["source"].endswith("topics.json")

@@ -55,6 +55,9 @@ QWEN25_SHAPES: dict[str, dict] = {
                          num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
     "qwen2.5-3b": dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
                        num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    # not published: a few-MB random model for CPU tests and smoke runs (vocabulary = the tokenizer's)
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=None, tie_word_embeddings=True),
 }  # fmt: skip
 
 
@@ -66,7 +69,9 @@ def write_shaped_backbone(shape: str, tokenizer: str, out: str | Path, seed: int
     if shape not in QWEN25_SHAPES:
         raise ValueError(f"unknown shape {shape!r}; known: {sorted(QWEN25_SHAPES)}")
     tok = load_tokenizer(tokenizer)
-    cfg = Qwen2Config(**QWEN25_SHAPES[shape], max_position_embeddings=32768, rope_theta=1_000_000.0,
+    dims = {**QWEN25_SHAPES[shape]}
+    dims["vocab_size"] = dims["vocab_size"] or len(tok)
+    cfg = Qwen2Config(**dims, max_position_embeddings=32768, rope_theta=1_000_000.0,
                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, use_cache=False)  # fmt: skip
     if len(tok) > cfg.vocab_size:
         raise ValueError(

@@ -1,0 +1,323 @@
+"""``qanchor experiment --raw RAW --out DIR``: the paper's whole experiment on anyone's raw logs.
+
+validate -> time split -> build twice -> encode -> pretrain (base + ablations) -> export -> tune
+every scenario (base, and an untrained model for "w/o pretraining") -> embed (KV cache) ->
+evaluate against the own-input baselines and a text baseline -> report.md / report.json.
+
+Time split, as in production: with a label window of ``future_days`` days, the evaluation data is
+cut ``future_days`` before the end of the data (its labels: the last window); the pretraining data
+one window earlier, so its D_future answers end where the labels begin and no label is ever a
+pretraining target. Both cutoffs are derived from the data, printed, and can be overridden.
+
+Everything lands under one folder whose TensorBoard runs are named by what they are
+(``pretrain/base/...``, ``tune/base/<scenario>/...``); every stage is skipped when its output
+exists, so a re-run resumes. Model size, steps and data caps come from recipes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from data_modules.errors import DataError
+
+# name -> (table row, overrides of the pretraining recipe)
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "base": ("Q-Anchor (base)", []),
+    "no-contrastive": ("w/o contrastive", ["--model.contrastive.enabled", "false"]),
+    "no-ntp": ("w/o NTP", ["--model.ntp_weight", "0"]),
+    "no-margin": ("w/o margin filter", ["--model.contrastive.margin", "null"]),
+    "no-structural": (
+        "w/o structural tokens",
+        ["--model.user_marker", "false", "--model.modality_markers", "false"],
+    ),
+}
+# evaluate's baseline name -> table row
+BASELINE_ROWS = {
+    "minilm": "General text embedding (MiniLM, profile text)",
+    "mean-events": "Mean event vectors + tabular",
+    "category-counts": "Event counts per modality and category + tabular",
+    "event-counts": "Reference: bag of events (log counts) + tabular",
+}
+BASE, TUNED, UNPRETRAINED = "Q-Anchor (base)", "Q-Anchor (prompt-tuned)", "w/o pretraining (prompt-tuned)"
+
+
+@dataclass
+class ExperimentConfig:
+    """One experiment: the data, the split, the recipes and sizes. ``None`` = derived / the recipe's."""
+
+    raw: str = ""
+    out: str = "runs/experiment"
+    pretrain_recipe: str = "recipes/pretrain/tiny-cpu.yaml"
+    tune_recipe: str = "recipes/tune/tiny-cpu.yaml"
+    pretrain_steps: int | None = 200
+    tune_steps: int | None = 70
+    tune_batch: int | None = 64
+    max_events: str | None = None  # build caps: "paper", "rate=64,workout=32"; None = defaults
+    modalities: str | None = None  # None = the raw folder's (modalities.json, else the events')
+    timezone: str = "UTC"
+    history_days: int = 90
+    future_days: int = 30  # the label window, and the D_future window of the pretraining data
+    pretrain_cutoff: str | None = None
+    eval_cutoff: str | None = None
+    encoder: str = "minilm"
+    variants: str = "base,no-contrastive,no-ntp,no-margin,no-structural"
+    baselines: str = "minilm,mean-events,category-counts,event-counts"
+    profile_tokens: int = 256  # all-MiniLM-L6-v2's own limit: the text baseline sees all it can
+    qa_version: str = "templated"
+    seed: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def variant_names(self) -> list[str]:
+        names = [v for v in self.variants.split(",") if v]
+        unknown = [v for v in names if v not in VARIANTS]
+        if unknown or "base" not in names:
+            raise ValueError(
+                f"variants {names}: every name must be one of {list(VARIANTS)}, and 'base' is required"
+            )
+        return names
+
+
+def status(msg: str) -> None:
+    print(f"[experiment] {msg}", file=sys.stderr, flush=True)
+
+
+class Stage:
+    """Times a stage and prints its one-line status."""
+
+    def __init__(self, cfg: ExperimentConfig, name: str) -> None:
+        self.cfg, self.name = cfg, name
+
+    def __enter__(self) -> Stage:
+        self.t0 = time.perf_counter()
+        status(f"{self.name} ...")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        took = time.perf_counter() - self.t0
+        self.cfg.timings[self.name] = round(self.cfg.timings.get(self.name, 0.0) + took, 1)
+        status(f"{self.name} done in {took:.1f} s")
+
+
+def quiet_libraries() -> None:
+    """Keep the console to status lines: Lightning's per-run info lines would repeat 20+ times."""
+    import logging
+    import warnings
+
+    import lightning  # noqa: F401  (its import sets these loggers to INFO; override after it)
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", module=r"lightning\..*|torchdata\..*|torch\.utils\.data\..*")
+
+
+# -- time split ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TimeSplit:
+    """Naive-UTC instants: data span, the two cutoffs, and the label window's end."""
+
+    first_event: dt.datetime
+    last_event: dt.datetime
+    pretrain_cutoff: dt.datetime
+    eval_cutoff: dt.datetime
+    label_end: dt.datetime
+
+    def describe(self) -> str:
+        return (
+            f"data {self.first_event:%Y-%m-%d %H:%M} .. {self.last_event:%Y-%m-%d %H:%M} (UTC); pretraining cutoff "
+            f"{self.pretrain_cutoff.isoformat()} (D_future to {self.eval_cutoff.isoformat()}); evaluation cutoff "
+            f"{self.eval_cutoff.isoformat()}, labels from {self.eval_cutoff.isoformat()} to {self.label_end.isoformat()}"
+        )
+
+
+def derive_split(cfg: ExperimentConfig) -> TimeSplit:
+    """The two cutoffs from the data (or the overrides), checked: labels inside the data, the
+    pretraining data's future window ending no later than the labels' start."""
+    import polars as pl
+
+    from data_modules.raw import (
+        RawInputs,
+        check_timezone,
+        default_cutoff,
+        infer_modalities,
+        resolve_cutoff,
+        scan_events,
+    )
+    from data_modules.schemas import event_modalities
+
+    tz = check_timezone(cfg.timezone)
+    inputs = RawInputs.locate(cfg.raw)
+    mods = cfg.modalities.split(",") if cfg.modalities else infer_modalities(inputs)
+    events = scan_events(inputs, event_modalities(mods))
+    first, last = (
+        events.select(pl.col("ts").min().alias("first"), pl.col("ts").max().alias("last")).collect().row(0)
+    )
+    window = dt.timedelta(days=cfg.future_days)
+    ev_cut = (
+        resolve_cutoff(cfg.eval_cutoff, tz)
+        if cfg.eval_cutoff
+        else default_cutoff(events, cfg.future_days, tz)
+    )
+    pre_cut = resolve_cutoff(cfg.pretrain_cutoff, tz) if cfg.pretrain_cutoff else ev_cut - window
+    where = "--eval-cutoff" if cfg.eval_cutoff else str(inputs.events[0].parent)
+    if ev_cut + window > last + dt.timedelta(days=1):
+        raise DataError(where, f"the label window {ev_cut} .. {ev_cut + window} goes beyond the data's last event {last}",
+                        expected="an evaluation cutoff at least --future-days before the end of the data")  # fmt: skip
+    if pre_cut + window > ev_cut:
+        raise DataError("--pretrain-cutoff", f"{pre_cut} + {cfg.future_days} days passes the evaluation cutoff {ev_cut}: "
+                        "pretraining answers would state the labels", expected=f"at most {ev_cut - window}")  # fmt: skip
+    if pre_cut <= first:
+        raise DataError(where, f"the pretraining cutoff {pre_cut} is not after the first event {first}: "
+                        f"the data spans {(last - first).days} days, less than two label windows of {cfg.future_days} days",
+                        expected="a longer log or a shorter --future-days")  # fmt: skip
+    return TimeSplit(first, last, pre_cut, ev_cut, ev_cut + window)
+
+
+# -- stages --------------------------------------------------------------------------------------
+def _data(cfg: ExperimentConfig, root: Path, split: TimeSplit) -> tuple[Path, Path]:
+    """(pretraining data, evaluation data), built and encoded."""
+    from data_modules.build import BuildConfig, build
+    from data_modules.encode import encode_dataset
+    from data_modules.schemas import parse_caps
+
+    pretrain_data, eval_data = root / "data-pretrain", root / "data"
+    with Stage(cfg, "build + encode"):
+        for data, cutoff in ((pretrain_data, split.pretrain_cutoff), (eval_data, split.eval_cutoff)):
+            if not (data / "manifest.json").exists():
+                build(BuildConfig(
+                    raw=cfg.raw, out=str(data), cutoff=cutoff.isoformat() + "+00:00", timezone=cfg.timezone,
+                    history_days=cfg.history_days, future_days=cfg.future_days, max_events=parse_caps(cfg.max_events),
+                    modalities=tuple(cfg.modalities.split(",")) if cfg.modalities else None, split_seed=cfg.seed,
+                ))  # fmt: skip
+            encode_dataset(data, cfg.encoder)  # skipped when already encoded by this encoder
+    return pretrain_data, eval_data
+
+
+def _pretrain(cfg: ExperimentConfig, root: Path, data: Path, name: str) -> Path:
+    from qanchor_pl.lightning_cli import run_pretrain
+    from qanchor_pl.model.export import export_model
+    from qanchor_pl.model.load import load_model
+
+    export = root / "export" / name
+    if (export / "qanchor_config.json").exists():
+        return export
+    run_dir = root / "pretrain" / name
+    steps = [] if cfg.pretrain_steps is None else ["--trainer.max_steps", str(cfg.pretrain_steps),
+                                                   "--model.contrastive.margin_warmup_steps", str(max(1, cfg.pretrain_steps // 4))]  # fmt: skip
+    with Stage(cfg, f"pretrain {name}"):
+        run_pretrain(["--config", cfg.pretrain_recipe, "--seed_everything", str(cfg.seed), "--data.data", str(data),
+                      "--data.qa_version", cfg.qa_version, "--run_dir", str(run_dir), *steps,
+                      "--trainer.enable_progress_bar", "false", "--ckpt_path", "last", *VARIANTS[name][1]])  # fmt: skip
+        export_model(load_model(run_dir / "checkpoints" / "last.ckpt"), export, overwrite=True)
+    return export
+
+
+def _untrained(cfg: ExperimentConfig, root: Path, data: Path) -> Path:
+    """The base model as initialised, never trained: for "prompt tuning without pretraining"."""
+    from data_modules.datamodule import UserUDataModule
+    from qanchor_pl.model.config import DataInputs
+    from qanchor_pl.model.export import export_model
+    from qanchor_pl.pretrain import PretrainModule
+
+    export = root / "export" / "no-pretrain"
+    if not (export / "qanchor_config.json").exists():
+        import lightning as L
+        import yaml
+
+        L.seed_everything(cfg.seed, verbose=False)
+        model_args = yaml.safe_load(Path(cfg.pretrain_recipe).read_text())["model"]
+        inputs = DataInputs(**UserUDataModule(str(data)).model_inputs())
+        export_model(PretrainModule(**model_args, inputs=inputs).model, export, overwrite=True)
+    return export
+
+
+def _tune(cfg: ExperimentConfig, root: Path, data: Path, model: Path, name: str) -> Path:
+    from data_modules.scenarios import load_scenarios
+    from qanchor_pl.lightning_cli import run_tune
+
+    run_dir = root / "tune" / name
+    sizes = [*(["--trainer.max_steps", str(cfg.tune_steps)] if cfg.tune_steps is not None else []),
+             *(["--data.batch_size", str(cfg.tune_batch)] if cfg.tune_batch is not None else [])]  # fmt: skip
+    with Stage(cfg, f"tune {name} (every scenario)"):
+        for s in load_scenarios(data / "scenarios.json"):
+            if (run_dir / s.name / "prompt" / "prompt.json").exists():
+                continue
+            run_tune(["--config", cfg.tune_recipe, "--seed_everything", str(cfg.seed), "--model.pretrained", str(model),
+                      "--data.data", str(data), "--data.scenario", s.name, "--run_dir", str(run_dir), *sizes,
+                      "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
+                      "--ckpt_path", "last"])  # fmt: skip
+    return run_dir
+
+
+def _embed(
+    cfg: ExperimentConfig, root: Path, data: Path, model: Path, name: str, prompts: Path | None
+) -> Path:
+    from qanchor_pl.embed import run_embed
+
+    out = root / "embed" / name
+    if not (out / "manifest.json").exists():
+        with Stage(cfg, f"embed {name}"):
+            run_embed(model=str(model), data=str(data), scenarios="all", out=str(out),
+                      prompts=str(prompts) if prompts else None, accelerator="auto", batch_size=128)  # fmt: skip
+    return out
+
+
+def comparisons(variants: list[str]) -> list[tuple[str, str]]:
+    """(A, B) pairs: the report gives a paired-bootstrap interval of Avg AUC(A) - AUC(B)."""
+    return [(BASE, "minilm"), (BASE, "mean-events"), (TUNED, "mean-events"), (TUNED, BASE), (TUNED, UNPRETRAINED),
+            *((VARIANTS[v][0], BASE) for v in variants if v != "base")]  # fmt: skip
+
+
+def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Run (or resume) every stage; returns where the report is and the total time."""
+    from data_modules.atomic import atomic_path, write_json
+    from qanchor_pl.evaluate import BASELINES, comparisons_markdown, markdown, run_evaluate
+
+    quiet_libraries()
+    t0 = time.perf_counter()
+    root = Path(cfg.out)
+    variants = cfg.variant_names()
+    baselines = tuple(b for b in cfg.baselines.split(",") if b)
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown baselines {unknown}; known: {list(BASELINES)}")
+    split = derive_split(cfg)
+    status("time split: " + split.describe())
+    pretrain_data, data = _data(cfg, root, split)
+    exports = {name: _pretrain(cfg, root, pretrain_data, name) for name in variants}
+    untrained = _untrained(cfg, root, data)
+    tuned = _tune(cfg, root, data, exports["base"], "base")
+    tuned_untrained = _tune(cfg, root, data, untrained, "no-pretrain")
+    rows: dict[str, Path] = {BASE: _embed(cfg, root, data, exports["base"], "base", None),
+                             TUNED: _embed(cfg, root, data, exports["base"], "tuned", tuned)}  # fmt: skip
+    for name in variants:
+        if name != "base":
+            rows[VARIANTS[name][0]] = _embed(cfg, root, data, exports[name], name, None)
+    rows[UNPRETRAINED] = _embed(cfg, root, data, untrained, "no-pretrain-tuned", tuned_untrained)
+    pairs = [(a, b) for a, b in comparisons(variants) if b not in BASELINES or b in baselines]
+    with Stage(cfg, "evaluate"):
+        run_evaluate(embeddings=[str(p) for p in rows.values()], names=list(rows), data=str(data),
+                     out=str(root / "report"), baselines=baselines, profile_tokens=cfg.profile_tokens,
+                     compare=pairs)  # fmt: skip
+    metrics = json.loads((root / "report" / "metrics.json").read_text())
+    table_rows = {BASELINE_ROWS.get(k, k): v for k, v in metrics["rows"].items()}
+    compared = [{**c, "a": BASELINE_ROWS.get(c["a"], c["a"]), "b": BASELINE_ROWS.get(c["b"], c["b"])}
+                for c in metrics["comparisons"]]  # fmt: skip
+    table = markdown(table_rows, metrics["scenarios"]) + "\n" + comparisons_markdown(compared)
+    total = round(time.perf_counter() - t0, 1)
+    report = {"table": table_rows, "comparisons": compared, "scenarios": metrics["scenarios"],
+              "time_split": {k: v.isoformat() for k, v in asdict(split).items()},
+              "timings_s": cfg.timings, "total_s": total,
+              "config": {k: v for k, v in asdict(cfg).items() if k != "timings"}}  # fmt: skip
+    timings = "\n".join(f"- {k}: {v} s" for k, v in cfg.timings.items())
+    with atomic_path(root / "report.md") as tmp:
+        tmp.write_text(f"{table}\n- time split: {split.describe()}\n{timings}\n- total: {total} s\n")
+    write_json(root / "report.json", report)
+    print(table, file=sys.stderr)
+    status("stage timings: " + ", ".join(f"{k} {v} s" for k, v in cfg.timings.items()) + f"; total {total} s")
+    return {"report": str(root / "report.md"), "total_s": total}

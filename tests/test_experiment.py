@@ -1,0 +1,81 @@
+"""qanchor experiment on a non-payment raw folder (ratings + fitness): every stage, one report."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+
+from data_modules.errors import DataError
+from qanchor_pl.pipelines.experiment import ExperimentConfig, derive_split
+from tests.conftest import run_qanchor
+from tests.helpers.other_world import DAYS, START, write_other_world
+from tests.helpers.tb import scalars
+
+
+@pytest.fixture(scope="module")
+def other_raw(tmp_path_factory):
+    return write_other_world(tmp_path_factory.mktemp("exp") / "raw", n_users=240)
+
+
+def test_time_split_is_derived_from_the_data_and_checked(other_raw):
+    split = derive_split(ExperimentConfig(raw=str(other_raw)))
+    end = START + dt.timedelta(days=DAYS)  # midnight after the last event
+    assert split.eval_cutoff == end - dt.timedelta(days=30) and split.label_end == end
+    assert split.pretrain_cutoff == end - dt.timedelta(days=60)
+    moved = derive_split(ExperimentConfig(raw=str(other_raw), eval_cutoff="2025-05-01", future_days=20))
+    assert moved.eval_cutoff == dt.datetime(2025, 5, 1) and moved.pretrain_cutoff == dt.datetime(2025, 4, 11)
+    with pytest.raises(
+        DataError, match=r"--eval-cutoff: the label window .* goes beyond the data's last event"
+    ):
+        derive_split(ExperimentConfig(raw=str(other_raw), eval_cutoff="2025-05-20"))
+    with pytest.raises(DataError, match=r"--pretrain-cutoff: .* pretraining answers would state the labels"):
+        derive_split(ExperimentConfig(raw=str(other_raw), pretrain_cutoff="2025-04-20"))
+    with pytest.raises(DataError, match=r"less than two label windows of 80 days"):
+        derive_split(ExperimentConfig(raw=str(other_raw), future_days=80))
+
+
+@pytest.mark.slow
+def test_experiment_on_own_logs_end_to_end(other_raw, tmp_path):
+    out = tmp_path / "exp"
+    args = ["experiment", "--raw", str(other_raw), "--out", str(out), "--pretrain-steps", "12", "--tune-steps", "4",
+            "--tune-batch", "32", "--variants", "base,no-ntp", "--baselines", "mean-events,category-counts,event-counts",
+            "--encoder", "hash"]  # fmt: skip
+    proc = run_qanchor(*args)
+    assert "[experiment] time split: data 2025-01-01" in proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["scenarios"] == ["Drama", "SciFi", "Runner"]
+    assert list(report["table"]) == [
+        "Mean event vectors + tabular", "Event counts per modality and category + tabular",
+        "Reference: bag of events (log counts) + tabular", "Q-Anchor (base)", "Q-Anchor (prompt-tuned)", "w/o NTP",
+        "w/o pretraining (prompt-tuned)",
+    ]  # fmt: skip
+    assert {(c["a"], c["b"]) for c in report["comparisons"]} >= {("Q-Anchor (base)", "Mean event vectors + tabular"),
+                                                                ("w/o NTP", "Q-Anchor (base)")}  # fmt: skip
+    split = report["time_split"]
+    assert split["pretrain_cutoff"] < split["eval_cutoff"] < split["label_end"]
+    pre, ev = (json.loads((out / d / "manifest.json").read_text()) for d in ("data-pretrain", "data"))
+    assert pre["modalities"] == ["rate", "workout", "tabular"] and pre["qa"]["topics"]["source"] == "derived"
+    assert dt.datetime.fromisoformat(pre["cutoff"]) + dt.timedelta(days=30) == dt.datetime.fromisoformat(
+        ev["cutoff"]
+    )
+    assert scalars(out / "pretrain/base/tensorboard/run")["train/loss"]
+    for name in ("Drama", "SciFi", "Runner"):
+        assert (out / "tune/base" / name / "prompt/prompt.json").exists()
+    again = run_qanchor(*args)  # every stage is found done
+    assert "pretrain base ..." not in again.stderr and "build + encode done" in again.stderr
+
+
+def test_label_window_beyond_the_data_is_a_one_line_error(other_raw, tmp_path):
+    proc = run_qanchor(
+        "experiment",
+        "--raw",
+        str(other_raw),
+        "--out",
+        str(tmp_path / "x"),
+        "--eval-cutoff",
+        "2025-06-01",
+        check=False,
+    )
+    assert proc.returncode == 2 and "error: --eval-cutoff: the label window" in proc.stderr
