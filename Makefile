@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/qanchor bench data --data runs/bench/data --workers 2 --json
 	$(BIN)/qanchor bench train --config recipes/pretrain/tiny-cpu.yaml --data.data runs/bench/data --json
 	$(BIN)/qanchor bench kv-cache --json
+	$(BIN)/qanchor bench qa-synth --json
 
 clean:
 	rm -rf runs lightning_logs .pytest_cache

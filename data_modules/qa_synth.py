@@ -134,6 +134,36 @@ def iter_users(root: Path, manifest: Manifest) -> Iterator[dict[str, Any]]:
             yield {**row, "_shard": k, "_row": i}
 
 
+def user_chunks(root: Path, manifest: Manifest, size: int, n_users: int) -> Iterator[tuple[int, list[dict]]]:
+    """(chunk index, its users' rows) for the first ``n_users`` users, one shard in memory at a time."""
+    chunk: list[dict] = []
+    for i, row in enumerate(iter_users(root, manifest)):
+        if i == n_users:
+            break
+        chunk.append(row)
+        if len(chunk) == size:
+            yield i // size, chunk
+            chunk = []
+    if chunk:
+        yield (n_users - 1) // size, chunk
+
+
+def known_categories(root: Path, manifest: Manifest) -> set[str]:
+    """Every category of every seen event: the names an answer could claim."""
+    import pyarrow.compute as pc
+
+    out: set[str] = set()
+    for name in manifest.shard_files:
+        table = pq.read_table(root / name, columns=[f"cat_{m}" for m in manifest.event_modalities])
+        for col in table.columns:
+            out |= {c for c in pc.unique(pc.list_flatten(col)).to_pylist() if c}
+    return out
+
+
+def _number(value: float) -> str:
+    return f"{value:.2f}".rstrip("0").rstrip(".")
+
+
 def build_prompts(
     row: dict, topics: dict[str, Topic], vocab: dict[str, list[str]], manifest: Manifest, cfg: QASynthConfig
 ) -> list[Prompt]:
@@ -161,10 +191,10 @@ def build_prompts(
             if cat:
                 parts.append(f"category {cat}")
             if val is not None:
-                parts.append(f"value {meta[m].with_unit(f'{val:g}') if m in meta else f'{val:g}'}")
+                parts.append(f"value {meta[m].with_unit(_number(val)) if m in meta else _number(val)}")
             lines.append(", ".join(parts))
             facts.spans.add(text)
-            facts.add_numbers([days, *([f"{val:g}"] if val is not None else [])])
+            facts.add_numbers([days, *([_number(val)] if val is not None else [])])
             facts.add_numbers(qa.stated_numbers(text))  # digits inside event texts are facts too
         facts.add_numbers([len(hits)])
         log_text = "\n".join(lines) if lines else "(no matching events)"
@@ -351,21 +381,24 @@ def run_qa_synth(cfg: QASynthConfig) -> dict:
 
     topics = {t.name: t for t in load_topics(root / "topics.json", manifest.event_modalities)}
     vocab = vocab_texts(root, manifest.event_modalities)
-    users = list(iter_users(root, manifest))
-    if cfg.limit_users is not None:
-        users = users[: cfg.limit_users]
-    known = {c for u in users for m in manifest.event_modalities for c in u[f"cat_{m}"] if c}
-    n_chunks = -(-len(users) // cfg.chunk_users)
-    mine = [
+    known = known_categories(root, manifest)
+    n_users = (
+        manifest.counts["users"]
+        if cfg.limit_users is None
+        else min(cfg.limit_users, manifest.counts["users"])
+    )
+    n_chunks = -(-n_users // cfg.chunk_users)
+    mine = {
         c for c in range(n_chunks) if c % size == rank and not (parts / f"chunk-{c:06d}.parquet").exists()
-    ]
+    }
     device = resolve_device(cfg, local)
     t0, tokens, done = time.perf_counter(), 0, 0
     if mine:
         gen = Generator(folder, cfg, device)
         judge = Generator(judge_folder, cfg, device) if judge_folder else None
-        for c in mine:
-            chunk_users = users[c * cfg.chunk_users : (c + 1) * cfg.chunk_users]
+        for c, chunk_users in user_chunks(root, manifest, cfg.chunk_users, n_users):
+            if c not in mine:
+                continue
             prompts = [p for u in chunk_users for p in build_prompts(u, topics, vocab, manifest, cfg)]
             rows, counts, n = synth_chunk(prompts, gen, judge, known, cfg, c)
             counts["prompts"] += len(prompts)
@@ -381,7 +414,7 @@ def run_qa_synth(cfg: QASynthConfig) -> dict:
     result = {"rank": rank, "world_size": size, "chunks_done_here": len(mine), "users_done_here": done,
               "generated_tokens_here": tokens, "seconds_here": round(elapsed, 2)}  # fmt: skip
     if rank == 0:
-        result.update(merge_version(root, manifest, cfg, identity, users, n_chunks))
+        result.update(merge_version(root, manifest, cfg, identity, n_chunks))
     return result
 
 
@@ -409,37 +442,46 @@ def _barrier(size: int) -> None:
     dist.barrier()
 
 
-def merge_version(
-    root: Path, manifest: Manifest, cfg: QASynthConfig, identity: dict, users: list[dict], n_chunks: int
-) -> dict:
+def merge_version(root: Path, manifest: Manifest, cfg: QASynthConfig, identity: dict, n_chunks: int) -> dict:
     """Shard-aligned QA files from the chunk parts, then the manifest's record of the version."""
     parts = root / QA_DIR / f".parts-{cfg.version}"
     missing = [c for c in range(n_chunks) if not (parts / f"chunk-{c:06d}.parquet").exists()]
     if missing:
         raise DataError(parts, f"{len(missing)} chunks missing (e.g. {missing[:3]}): rerun to finish them")
-    counts, tokens, by_user = Counter(), 0, {}
-    for c in range(n_chunks):
-        pf = pq.ParquetFile(parts / f"chunk-{c:06d}.parquet")
-        meta = pf.schema_arrow.metadata or {}
+    counts, tokens = Counter(), 0
+    for c in range(n_chunks):  # the counts travel in each part's metadata
+        meta = pq.read_schema(parts / f"chunk-{c:06d}.parquet").metadata or {}
         counts.update(json.loads(meta[b"counts"]))
         tokens += int(meta[b"generated_tokens"])
-        for r in pf.read().to_pylist():
-            by_user.setdefault(r["user_id"], []).append(r)
+    # Chunks hold users in shard order, so one pass streams them into the shard-aligned files.
+    rows = _ordered_rows(parts, n_chunks)
+    pending = next(rows, None)
     out = root / QA_DIR / cfg.version
     row_group = int(manifest.config.get("row_group_size", 256))
-    files = {}
+    files, with_answers = {}, 0
     for name in manifest.shard_files:
         ids = pq.read_table(root / name, columns=["user_id"]).column("user_id").to_pylist()
-        rows = [by_user.get(u, []) for u in ids]
+        per_user = []
+        for u in ids:
+            mine = []
+            while pending is not None and pending["user_id"] == u:
+                mine.append(pending)
+                pending = next(rows, None)
+            per_user.append(mine)
+            with_answers += bool(mine)
         table = pa.table({
             "user_id": pa.array(ids, pa.string()),
-            "qa_query": pa.array([[r["query"] for r in rs] for rs in rows], pa.list_(pa.string())),
-            "qa_answer": pa.array([[r["answer"] for r in rs] for rs in rows], pa.list_(pa.string())),
-            "qa_source": pa.array([[r["source"] for r in rs] for rs in rows], pa.list_(pa.string())),
+            "qa_query": pa.array([[r["query"] for r in rs] for rs in per_user], pa.list_(pa.string())),
+            "qa_answer": pa.array([[r["answer"] for r in rs] for rs in per_user], pa.list_(pa.string())),
+            "qa_source": pa.array([[r["source"] for r in rs] for rs in per_user], pa.list_(pa.string())),
         })  # fmt: skip
         rel = f"{QA_DIR}/{cfg.version}/{Path(name).name}"
         write_parquet(out / Path(name).name, table, row_group_size=row_group)
         files[rel] = file_entry(root, rel, table.num_rows)
+    if pending is not None:
+        raise DataError(
+            parts, f"answer for user '{pending['user_id']}' out of shard order (parts of another data set?)"
+        )
     record = {
         "generator": "qanchor qa-synth",
         "model": cfg.model,
@@ -449,7 +491,7 @@ def merge_version(
         "settings": identity["settings"],
         "counts": {
             **dict(sorted(counts.items())),
-            "users_with_answers": len(by_user),
+            "users_with_answers": with_answers,
             "generated_tokens": tokens,
         },
     }
@@ -460,6 +502,11 @@ def merge_version(
     fresh.qa.setdefault("versions", {})[cfg.version] = record
     fresh.save(root)
     return {"version": cfg.version, "out": str(out), **record["counts"]}
+
+
+def _ordered_rows(parts: Path, n_chunks: int) -> Iterator[dict]:
+    for c in range(n_chunks):
+        yield from pq.read_table(parts / f"chunk-{c:06d}.parquet").to_pylist()
 
 
 def qa_version_record(manifest: Manifest, version: str) -> dict:

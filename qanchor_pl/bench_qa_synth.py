@@ -22,6 +22,7 @@ def bench_qa_synth(
         QASynthConfig,
         build_prompts,
         iter_users,
+        known_categories,
         model_folder,
         resolve_device,
         synth_chunk,
@@ -51,7 +52,7 @@ def bench_qa_synth(
         prompts = [p for u in rows for p in build_prompts(u, topics, vocab, manifest, cfg)]
         dev = resolve_device(cfg, 0)
         gen = Generator(model_folder(model), cfg, dev)
-        known = {c for u in rows for m in manifest.event_modalities for c in u[f"cat_{m}"] if c}
+        known = known_categories(root, manifest)
         synth_chunk(prompts[: cfg.batch_size], gen, None, known, cfg, chunk=0)  # warm-up
         if dev.startswith("cuda"):
             torch.cuda.synchronize()

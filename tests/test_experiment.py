@@ -6,8 +6,10 @@ import datetime as dt
 import json
 
 import pytest
+import yaml
 
 from data_modules.errors import DataError
+from qanchor_pl.model.backbone import write_shaped_backbone
 from qanchor_pl.pipelines.experiment import ExperimentConfig, derive_split
 from tests.conftest import run_qanchor
 from tests.helpers.other_world import DAYS, START, write_other_world
@@ -39,9 +41,12 @@ def test_time_split_is_derived_from_the_data_and_checked(other_raw):
 @pytest.mark.slow
 def test_experiment_on_own_logs_end_to_end(other_raw, tmp_path):
     out = tmp_path / "exp"
+    llm = write_shaped_backbone("tiny", "minilm", tmp_path / "llm")["out"]  # any tokenizer: its own
+    (tmp_path / "qa.yaml").write_text("topics_per_user: 1\nmax_new_tokens: 4\nchunk_users: 64\ndevice: cpu\n")
     args = ["experiment", "--raw", str(other_raw), "--out", str(out), "--pretrain-steps", "12", "--tune-steps", "4",
             "--tune-batch", "32", "--variants", "base,no-ntp", "--baselines", "mean-events,category-counts,event-counts",
-            "--encoder", "hash"]  # fmt: skip
+            "--encoder", "hash", "--qa-version", "templated+llm", "--qa-model", llm,
+            "--qa-recipe", str(tmp_path / "qa.yaml")]  # fmt: skip
     proc = run_qanchor(*args)
     assert "[experiment] time split: data 2025-01-01" in proc.stderr
     report = json.loads((out / "report.json").read_text())
@@ -61,6 +66,9 @@ def test_experiment_on_own_logs_end_to_end(other_raw, tmp_path):
         ev["cutoff"]
     )
     assert scalars(out / "pretrain/base/tensorboard/run")["train/loss"]
+    assert pre["qa"]["versions"]["llm"]["counts"]["prompts"] == pre["counts"]["users"]  # one topic each
+    config = yaml.safe_load((out / "pretrain/base/tensorboard/run/config.yaml").read_text())
+    assert config["data"]["qa_version"] == "templated+llm"
     for name in ("Drama", "SciFi", "Runner"):
         assert (out / "tune/base" / name / "prompt/prompt.json").exists()
     again = run_qanchor(*args)  # every stage is found done

@@ -29,13 +29,27 @@ def test_every_recipe_loads_against_the_signatures(recipe):
     from qanchor_pl import lightning_cli
 
     command = recipe.parts[1]
-    if command == "embed":  # an argparse command: keys must be its options
+    if command in ("embed", "qa-synth", "experiment"):  # argparse commands: keys must be their options
         from qanchor_pl.cli import RECIPE_PARSERS, _parser, apply_recipe
 
         _parser()
-        apply_recipe(RECIPE_PARSERS["embed"], str(ROOT / recipe))
+        parser = RECIPE_PARSERS[command]
+        apply_recipe(parser, str(ROOT / recipe))
+        if command != "embed":  # typed configs: every recipe value has its field's type
+            import dataclasses
+
+            from data_modules.qa_synth import QASynthConfig
+            from qanchor_pl.pipelines.experiment import ExperimentConfig
+
+            cls = {"qa-synth": QASynthConfig, "experiment": ExperimentConfig}[command]
+            for f in dataclasses.fields(cls):
+                value = parser.get_default(f.name)
+                if value is not None and f.name != "timings":
+                    assert type(value).__name__ in f.type.replace("|", " ").split(), (recipe, f.name, value)
         return
-    assert command in RECIPE_COMMANDS, f"{recipe}: recipes live in recipes/<pretrain|tune|embed>/"
+    assert command in RECIPE_COMMANDS, (
+        f"{recipe}: recipes live in recipes/<pretrain|tune|embed|qa-synth|experiment>/"
+    )
     out = io.StringIO()
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_:
         getattr(lightning_cli, RECIPE_COMMANDS[command])(["--config", str(ROOT / recipe), "--print_config"])

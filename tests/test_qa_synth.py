@@ -31,6 +31,7 @@ from data_modules.qa_synth import (
     QASynthConfig,
     build_prompts,
     iter_users,
+    known_categories,
     model_hash,
     reflect_generated,
     run_qa_synth,
@@ -112,7 +113,7 @@ def test_random_model_noise_is_counted_and_never_written(world):
         QASynthConfig(data=str(data), topics_per_user=3),
     )
     users = list(iter_users(data, manifest))
-    known = {c for u in users for m in manifest.event_modalities for c in u[f"cat_{m}"] if c}
+    known = known_categories(data, manifest)
     for u, row in zip(users, _merged(data)):
         prompts = {p.topic.name: p for p in build_prompts(u, topics, vocab, manifest, cfg)}
         for a, s in zip(row["qa_answer"], row["qa_source"]):

@@ -164,3 +164,32 @@ def test_embedding_job_with_the_real_sbatch_script_writes_a_part_set_per_task(
     assert {p.name.split("-")[1] for p in (out / "parts").glob("*.parquet")} == {"r000", "r001"}
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["rows"] == 300 and manifest["job"]["devices"] == 2  # every user once
+
+
+def test_qa_synth_with_the_real_sbatch_script_shares_users_between_tasks(cluster, built, tmp_path):
+    from qanchor_pl.model.backbone import write_shaped_backbone
+
+    data = tmp_path / "data"
+    shutil.copytree(built, data, ignore=shutil.ignore_patterns("qa"))
+    model = write_shaped_backbone("tiny", str(data), tmp_path / "llm")["out"]
+    qanchor = Path(sys.executable).parent / "qanchor"
+    extra = "--topics-per-user 1 --max-new-tokens 4 --chunk-users 50 --device cpu"
+    export = ",".join(["ALL", "RECIPE=recipes/qa-synth/tiny-cpu.yaml", f"DATA={data}", f"MODEL={model}",
+                       f"QANCHOR={qanchor}", f"EXTRA_ARGS={extra}"])  # fmt: skip
+    job = subprocess.run(
+        ["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1",
+         f"--output={tmp_path}/slurm-%j.out", f"--error={tmp_path}/slurm-%j.err", f"--export={export}",
+         str(ROOT / "slurm/qa-synth.sbatch")],
+        cwd=ROOT, env=cluster, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    info = wait_done(cluster, job)
+    assert info["JobState"] == "COMPLETED", logs(tmp_path)
+    text, results, decoder = (tmp_path / f"slurm-{job}.out").read_text(), [], json.JSONDecoder()
+    while text.strip():  # one pretty-printed JSON result per task
+        obj, end = decoder.raw_decode(text.strip())
+        results.append(obj)
+        text = text.strip()[end:]
+    assert sorted(r["rank"] for r in results) == [0, 1] and {r["world_size"] for r in results} == {2}
+    assert sorted(r["chunks_done_here"] for r in results) == [3, 3]  # 6 chunks of 50 users
+    counts = json.loads((data / "manifest.json").read_text())["qa"]["versions"]["llm"]["counts"]
+    assert counts["users"] == 300 and counts["prompts"] == 300
