@@ -195,7 +195,8 @@ class UserStreamDataset(IterableDataset):
         k, rg = int(self.units.shard[u]), int(self.units.row_group[u])
         table = self._read_group(k, self.units.files[k], rg, self._columns)
         if self.mode == "qa" and self.qa_files:
-            table = self._with_generated_qa(table, self._read_group(-1 - k, self.qa_files[k], rg, None))
+            generated = self._read_group(-1 - k, self.qa_files[k], rg, None)
+            table = self._with_generated_qa(table, generated, self.qa_files[k])
         return table.take(pa.array(self.units.rows[u]))
 
     def _read_group(self, key: int, path: str, rg: int, columns: list[str] | None) -> pa.Table:
@@ -206,10 +207,10 @@ class UserStreamDataset(IterableDataset):
         except (pa.ArrowInvalid, OSError) as err:
             raise DataError(path, f"cannot read row group {rg}: {err}") from None
 
-    def _with_generated_qa(self, table: pa.Table, generated: pa.Table) -> pa.Table:
+    def _with_generated_qa(self, table: pa.Table, generated: pa.Table, path: str) -> pa.Table:
         """The shard's pairs (all, or D_future + external only) followed by the generated version's."""
         if generated.column("user_id").to_pylist() != table.column("user_id").to_pylist():
-            raise DataError(self.qa_files[0], "QA version is not aligned with the shards (rebuild it)")
+            raise DataError(path, "QA version is not aligned with its shard (rerun qanchor qa-synth)")
         cols = {c: [] for c in ("qa_query", "qa_answer", "qa_source")}
         own = zip(*(table.column(c).to_pylist() for c in cols))
         new = zip(*(generated.column(c).to_pylist() for c in cols))

@@ -20,7 +20,7 @@ from data_modules.modality_meta import ModalityMeta
 
 FUTURE_QUERY = "What will the user most likely do next?"
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?")
-_QUOTED = re.compile(r'"[^"\x00]*"')
+QUOTED_SPAN = re.compile(r'"[^"\x00]*"')
 _MASK = re.compile(r"\x00(\d+)\x00")
 
 
@@ -61,7 +61,7 @@ def mask_quotes(text: str, spans: Iterable[str], *, partial: bool = False) -> tu
             inner = match.group(0)[1:-1].strip().lower()
             return sub(match) if inner and any(inner in s for s in lowered) else match.group(0)
 
-        text = _QUOTED.sub(sub_partial, text)
+        text = QUOTED_SPAN.sub(sub_partial, text)
     return text, kept
 
 
@@ -71,7 +71,7 @@ def unmask(text: str, kept: list[str]) -> str:
 
 def stated_numbers(text: str) -> list[str]:
     """Numbers a (masked) text states outside quotes and placeholders, as written."""
-    return _NUMBER.findall(_QUOTED.sub(" ", _MASK.sub(" ", text)))
+    return _NUMBER.findall(QUOTED_SPAN.sub(" ", _MASK.sub(" ", text)))
 
 
 def _sentences(text: str) -> list[str]:
@@ -81,7 +81,7 @@ def _sentences(text: str) -> list[str]:
 
 def sentence_problem(masked: str, facts: Facts) -> str | None:
     """Why a masked sentence is not grounded, or None."""
-    if _QUOTED.search(masked):
+    if QUOTED_SPAN.search(masked):
         return "ungrounded_quote"
     if any(number_key(n) not in facts.numbers for n in stated_numbers(masked)):
         return "unsupported_number"

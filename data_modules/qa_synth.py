@@ -210,7 +210,7 @@ def reflect_generated(answer: str, prompt: Prompt, known_categories: set[str]) -
     if not re.search(r"[^\W_]", answer):
         return "empty"
     masked, quotes = qa.mask_quotes(answer, prompt.facts.spans, partial=True)
-    if qa._QUOTED.search(masked):
+    if qa.QUOTED_SPAN.search(masked):
         return "ungrounded_title"
     numbers = qa.stated_numbers(masked)
     if any(qa.number_key(n) not in prompt.facts.numbers for n in numbers):

@@ -212,3 +212,18 @@ def test_missing_model_and_unsafe_version_are_one_line_errors(world, tmp_path):
         check=False,
     )
     assert proc.returncode == 2 and "'../x' is not a safe name" in proc.stderr
+
+
+def test_a_judge_model_filters_kept_answers_and_is_counted(world):
+    settings = dict(
+        model=str(world["parrot"]), limit_users=16, topics_per_user=2, chunk_users=8, max_new_tokens=6
+    )
+    plain = run_qa_synth(QASynthConfig(data=str(_copy_data(world, "d-nojudge")), **settings))
+    data = _copy_data(world, "d-judge")
+    judged = run_qa_synth(QASynthConfig(data=str(data), judge=str(world["random"]), **settings))
+    assert judged["prompts"] == plain["prompts"] == 32
+    # the judge sees exactly what reflection kept, and removes some or none of it
+    assert judged["kept"] + judged.get("rejected_judge", 0) == plain["kept"] > 0
+    record = Manifest.load(data).qa["versions"]["llm"]
+    assert record["judge_sha256"] == model_hash(world["random"])
+    assert len(_merged(data)) == 40 and not any(r["qa_answer"] for r in _merged(data)[16:])
