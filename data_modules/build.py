@@ -30,7 +30,7 @@ import pyarrow as pa
 from data_modules.atomic import write_parquet
 from data_modules.errors import DataError
 from data_modules.manifest import Manifest, file_entry
-from data_modules.modality_meta import ModalityMeta, meta_to_json, resolve_modalities_meta
+from data_modules.modality_meta import meta_to_json, resolve_modalities_meta
 from data_modules.raw import (
     RawInputs,
     check_timezone,
@@ -56,15 +56,15 @@ from data_modules.schemas import (
 from data_modules.supervision import (
     QAReport,
     QASpec,
+    Supervision,
     mark_seen,
-    qa_pairs,
     seen_combos,
     topic_map,
     topic_pool,
     topic_report,
 )
 from data_modules.tokenizer import train_tokenizer
-from data_modules.topics import Topic, save_topics
+from data_modules.topics import save_topics
 
 
 @dataclass
@@ -192,14 +192,17 @@ def build(cfg: BuildConfig) -> Manifest:
         topics, topic_source = topic_pool(inputs.topics, event_mods, combos_seen, meta, cfg.topic_categories)
         tmap, topic_means = topic_map(combos_seen, topics, len(kept))
         qa_report.topics = topic_report(topics, topic_source, tmap, topic_means, combos_seen)
+        spec = QASpec(
+            history_days=cfg.history_days, future_days=cfg.future_days, future_bins=cfg.future_bins,
+            future_actions=cfg.future_actions, topics_per_user=cfg.topics_per_user, external_qa=cfg.external_qa,
+            timezone=cfg.timezone,
+        )  # fmt: skip
+        supervision = Supervision(spec, topics, tmap, topic_means, external, cutoff, meta, qa_report)
         # Pass 2: one shard at a time.
         for k in range(n_shards):
             shard_users = shard_map.filter(pl.col("shard") == k).sort("order")
             ev = shard_events(k)
-            table = _build_shard(
-                cfg, shard_users, ev, event_mods, features, tab_stats, topics, tmap, topic_means,
-                external, cutoff, meta, qa_report,
-            )  # fmt: skip
+            table = _build_shard(shard_users, ev, event_mods, features, tab_stats, supervision)
             _collect_positives(ev, scenarios, positives)
             name = f"shards/shard-{k:05d}.parquet"
             write_parquet(out / name, table, row_group_size=cfg.row_group_size)
@@ -341,19 +344,12 @@ def _tabular_stats(kept: pl.DataFrame, features: list[str]) -> tuple[np.ndarray,
 
 
 def _build_shard(
-    cfg: BuildConfig,
     shard_users: pl.DataFrame,
     ev: pl.DataFrame,
     event_mods: list[str],
     features: list[str],
     tab_stats: tuple[np.ndarray, np.ndarray],
-    topics: tuple[Topic, ...],
-    tmap: pl.DataFrame,
-    topic_means: np.ndarray,
-    external: pl.DataFrame | None,
-    cutoff: dt.datetime,
-    meta: dict[str, ModalityMeta],
-    report: QAReport,
+    supervision: Supervision,
 ) -> pa.Table:
     """One shard's rows, in the shard's user order: the capped (seen) events, their times, values and
     categories per modality, the tabular vector and the QA pairs."""
@@ -386,13 +382,7 @@ def _build_shard(
     else:
         columns["tabular"] = pa.array([[] for _ in range(base.height)], pa.list_(pa.float32()))
 
-    spec = QASpec(
-        history_days=cfg.history_days, future_days=cfg.future_days, future_bins=cfg.future_bins,
-        future_actions=cfg.future_actions, topics_per_user=cfg.topics_per_user, external_qa=cfg.external_qa,
-        timezone=cfg.timezone,
-    )  # fmt: skip
-    users = base["user_id"].to_list()
-    pairs = qa_pairs(spec, users, ev, topics, tmap, topic_means, external, cutoff, meta, report)
+    pairs = supervision.pairs(base["user_id"].to_list(), ev)
     columns["qa_query"] = pa.array(pairs["query"], pa.list_(pa.string()))
     columns["qa_answer"] = pa.array(pairs["answer"], pa.list_(pa.string()))
     columns["qa_source"] = pa.array(pairs["source"], pa.list_(pa.string()))

@@ -163,19 +163,26 @@ def topic_report(
 
 
 # -- the QA pairs of one shard -------------------------------------------------------------------
-def qa_pairs(
-    spec: QASpec,
-    users: list[str],
-    ev: pl.DataFrame,
-    topics: Sequence[Topic],
-    tmap: pl.DataFrame,
-    means: np.ndarray,
-    external: pl.DataFrame | None,
-    cutoff: dt.datetime,
-    meta: Mapping[str, ModalityMeta],
-    report: QAReport,
-) -> dict[str, list[list[str]]]:
+@dataclass
+class Supervision:
+    """What every shard's QA pairs depend on, fixed once per build; :meth:`pairs` renders one shard's."""
+
+    spec: QASpec
+    topics: tuple[Topic, ...]
+    tmap: pl.DataFrame
+    means: np.ndarray
+    external: pl.DataFrame | None
+    cutoff: dt.datetime
+    meta: Mapping[str, ModalityMeta]
+    report: QAReport
+
+    def pairs(self, users: list[str], ev: pl.DataFrame) -> dict[str, list[list[str]]]:
+        return qa_pairs(self, users, ev)
+
+
+def qa_pairs(sup: Supervision, users: list[str], ev: pl.DataFrame) -> dict[str, list[list[str]]]:
     """Per user (in ``users`` order): D_future first, then external pairs, then the top-k topics."""
+    spec, topics, meta, report, cutoff = sup.spec, sup.topics, sup.meta, sup.report, sup.cutoff
     query: dict[str, list[str]] = {u: [] for u in users}
     answer: dict[str, list[str]] = {u: [] for u in users}
     source: dict[str, list[str]] = {u: [] for u in users}
@@ -199,12 +206,12 @@ def qa_pairs(
         add(u, qa.FUTURE_QUERY, text, "future", facts)
 
     ext_users: set[str] = set()
-    if external is not None:
-        for u, q, a in external.filter(pl.col("user_id").is_in(users)).iter_rows():
+    if sup.external is not None:
+        for u, q, a in sup.external.filter(pl.col("user_id").is_in(users)).iter_rows():
             add(u, q, a, "external", None)
             ext_users.add(u)
     hist = seen.filter(pl.col("window") == "history")
-    for u, t, stats in topic_stats(spec, hist, topics, tmap, means, cutoff):
+    for u, t, stats in topic_stats(spec, hist, topics, sup.tmap, sup.means, cutoff):
         if spec.external_qa == "replace" and u in ext_users:
             continue
         tp = topics[t]
