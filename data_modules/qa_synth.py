@@ -209,6 +209,8 @@ def reflect_generated(answer: str, prompt: Prompt, known_categories: set[str]) -
     """Why a generated answer is rejected, or None when every claim is grounded in the prompt's log."""
     if not re.search(r"[^\W_]", answer):
         return "empty"
+    if re.search(r"[\ufffd\x00-\x08\x0b-\x1f\x7f]", answer):
+        return "garbled"  # broken bytes or control characters: noise, whatever it happens to contain
     masked, quotes = qa.mask_quotes(answer, prompt.facts.spans, partial=True)
     if qa.QUOTED_SPAN.search(masked):
         return "ungrounded_title"

@@ -88,6 +88,7 @@ def test_reflection_of_generated_answers():
         reflect_generated('Often "Heat" at 4 stars, 12 days ago; Action.', p, known) is None
     )  # partial quote
     assert reflect_generated("   ", p, known) == "empty"
+    assert reflect_generated("Action 4\ufffd\x0f", p, known) == "garbled"
     assert reflect_generated('Loves "Titanic".', p, known) == "ungrounded_title"
     assert reflect_generated("Rated 5 stars.", p, known) == "unsupported_number"
     assert reflect_generated("Mostly Drama.", p, known) == "ungrounded_category"
