@@ -151,7 +151,18 @@ def _demo(args: argparse.Namespace) -> dict:
     return run_demo(DemoConfig.from_options(args.out, fast=args.fast, **overrides))
 
 
-_TYPES = {"str": str, "int": int, "float": float, "str | None": str, "int | None": int, "float | None": float}
+def _optional(kind: type):
+    """A converter that also takes ``null``/``none`` (the recipe's or the default's value: unset)."""
+
+    def convert(text: str):
+        return None if text.lower() in ("null", "none") else kind(text)
+
+    convert.__name__ = f"{kind.__name__} or null"
+    return convert
+
+
+_TYPES = {"str": str, "int": int, "float": float, "str | None": _optional(str), "int | None": _optional(int),
+          "float | None": _optional(float)}  # fmt: skip
 
 
 def add_dataclass_options(
@@ -164,9 +175,10 @@ def add_dataclass_options(
         flag = "--" + f.name.replace("_", "-")
         if f.type == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        elif f.name in required:
+            parser.add_argument(flag, type=_TYPES[f.type], default=None, help="required")
         else:
-            default = None if f.name in required else f.default
-            parser.add_argument(flag, type=_TYPES[f.type], default=default, help=f"default: {f.default}")
+            parser.add_argument(flag, type=_TYPES[f.type], default=f.default, help=f"default: {f.default}")
 
 
 def dataclass_from_args(cls: type, args: argparse.Namespace):
