@@ -132,6 +132,7 @@ def _evaluate(args: argparse.Namespace) -> dict:
         scenarios=args.scenarios,
         profile_tokens=args.profile_tokens,
         compare=[tuple(pair) for pair in args.compare or []],
+        probe_c=args.probe_c if args.probe_c == "cv" else float(args.probe_c),
     )
 
 
@@ -300,6 +301,10 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     ev.add_argument("--scenarios", default="all")
     ev.add_argument("--profile-tokens", type=int, default=256, help="MiniLM token cap on the profile text")
+    ev.add_argument(
+        "--probe-c", default="1.0",
+        help="the probe's C: a number, or 'cv' (3-fold cross-validation on train, per row and scenario)",
+    )  # fmt: skip
     ev.add_argument(
         "--compare", nargs=2, action="append", metavar=("A", "B"),
         help="rows A and B: paired-bootstrap 95%% interval of Avg AUC(A) - AUC(B); repeatable",

@@ -46,17 +46,41 @@ def auc_ks(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return {"auc": float(binary_auroc(s, y)), "ks": float((tpr - fpr).max())}
 
 
-def probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Positive-class scores of a logistic regression fitted on the train split."""
-    from sklearn.linear_model import LogisticRegression
+#: The probe's regularisation grid (inverse strength C), chosen per row and scenario on train.
+PROBE_CS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+
+
+def probe(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, seed: int = 0, c: float | str = 1.0
+) -> tuple[np.ndarray, float]:
+    """Positive-class scores of a standardised logistic regression fitted on the train split, and its C.
+
+    ``c="cv"``: C chosen by 3-fold stratified cross-validation (ROC AUC) on the train split only,
+    for every row alike (a fixed C = 1 under-regularises wide features, i.e. the baselines); with
+    fewer than 3 users of a class in train it falls back to C = 1 (logged). A number fixes C."""
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     if len(np.unique(y_train)) < 2:
         raise ValueError("the train split has a single class; the probe cannot be fitted")
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000, random_state=seed))
+    if c == "cv" and np.bincount(y_train.astype(np.int64)).min() < 3:
+        log.warning("probe: fewer than 3 users of a class in train; C = 1 without cross-validation")
+        c = 1.0
+    if c != "cv":
+        clf = make_pipeline(
+            StandardScaler(), LogisticRegression(C=float(c), max_iter=2000, random_state=seed)
+        )
+        clf.fit(x_train, y_train)
+        return clf.predict_proba(x_test)[:, 1], float(c)
+    folds = StratifiedKFold(n_splits=3, shuffle=True, random_state=seed)
+    cv = LogisticRegressionCV(
+        Cs=list(PROBE_CS), cv=folds, scoring="roc_auc", max_iter=2000, random_state=seed
+    )
+    clf = make_pipeline(StandardScaler(), cv)
     clf.fit(x_train, y_train)
-    return clf.predict_proba(x_test)[:, 1]
+    return clf.predict_proba(x_test)[:, 1], float(cv.C_[0])
 
 
 def benchmark(data: Path, scenario: str) -> pl.DataFrame:
@@ -67,10 +91,10 @@ def benchmark(data: Path, scenario: str) -> pl.DataFrame:
 
 
 def evaluate_features(
-    features: dict[str, Any], data: Path, scenarios: list[str]
+    features: dict[str, Any], data: Path, scenarios: list[str], probe_c: float | str = 1.0
 ) -> tuple[dict[str, dict[str, float]], dict[str, tuple[np.ndarray, np.ndarray]]]:
     """Probe every scenario. ``features``: scenario -> (user ids, matrix) or one shared (ids, matrix).
-    Returns (scenario -> {auc, ks}, scenario -> (test scores, test labels))."""
+    Returns (scenario -> {auc, ks, probe_c}, scenario -> (test scores, test labels))."""
     metrics, curves = {}, {}
     for name in scenarios:
         ids, mat = features[name] if name in features else features["*"]
@@ -93,8 +117,8 @@ def evaluate_features(
                         name, int(test_labels[0]) if len(test_labels) else -1, len(test_labels))  # fmt: skip
             metrics[name] = {"auc": None, "ks": None}
             continue
-        scores = probe(parts["train"][0], parts["train"][1], parts["test"][0])
-        metrics[name] = auc_ks(scores, test_labels)
+        scores, c = probe(parts["train"][0], parts["train"][1], parts["test"][0], c=probe_c)
+        metrics[name] = {**auc_ks(scores, test_labels), "probe_c": c}
         curves[name] = (scores, test_labels)
     return metrics, curves
 
@@ -297,6 +321,7 @@ def run_evaluate(
     profile_tokens: int = 256,
     compare: list[tuple[str, str]] = (),
     n_boot: int = 1000,
+    probe_c: float | str = 1.0,
 ) -> dict[str, Any]:
     """Probe every row; ``compare`` lists (row A, row B) pairs whose Avg AUC difference gets a
     paired-bootstrap 95% interval (``metrics.json`` "comparisons"). Every row's Avg also gets
@@ -315,13 +340,13 @@ def run_evaluate(
         else:
             feats = {"mean-events": mean_event_features, "category-counts": category_count_features,
                      "event-counts": event_count_features}[b](data_dir)  # fmt: skip
-        metrics, curves[b] = evaluate_features(feats, data_dir, chosen)
+        metrics, curves[b] = evaluate_features(feats, data_dir, chosen, probe_c)
         rows[b] = with_average(metrics)
     projector = None
     for i, folder in enumerate(embeddings):
         name = names[i] if names and i < len(names) else Path(folder).name
         feats = embedding_features(Path(folder))
-        metrics, curves[name] = evaluate_features(feats, data_dir, chosen)
+        metrics, curves[name] = evaluate_features(feats, data_dir, chosen, probe_c)
         rows[name] = with_average(metrics)
         if projector is None:
             projector = _projector_sample(feats, data_dir, chosen, projector_users)

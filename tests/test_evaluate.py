@@ -90,3 +90,17 @@ def test_kv_cache_bench_reports_speedups():
     assert out["max_abs_diff"] < 1e-5 and out["speedup"] > 0
     n, p, q = 3, out["prefix_tokens"], out["suffix_tokens"]
     assert abs(out["ideal_speedup"] - round(n * (p + q) / (p + n * q), 2)) < 1e-9
+
+
+def test_probe_cross_validates_c_on_train_only_and_falls_back_on_rare_classes():
+    from qanchor_pl.evaluate import PROBE_CS, probe
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 40))
+    y = (x[:, 0] + 0.5 * rng.standard_normal(300) > 0).astype(np.int64)
+    scores, c = probe(x[:200], y[:200], x[200:], c="cv")
+    assert c in PROBE_CS and scores.shape == (100,)
+    assert probe(x[:200], y[:200], x[200:], c=0.5)[1] == 0.5
+    rare = np.zeros(200, dtype=np.int64)
+    rare[:2] = 1
+    assert probe(x[:200], rare, x[200:], c="cv")[1] == 1.0  # 2 positives: no 3 folds, C = 1
