@@ -236,12 +236,23 @@ class UserUDataModule(L.LightningDataModule):
 
 
 class ScenarioDataModule(UserUDataModule):
-    """``(user, scenario query, label)`` batches for one scenario: train split for prompt tuning,
-    test split for validation/test/predict (not shuffled; every user exactly once)."""
+    """``(user, scenario query, label)`` batches for one scenario. The benchmark's train users are
+    split once more: ``val_fraction`` of them (by a stable hash of the id) validate, the rest train;
+    the test split is read only by test/predict (not shuffled; every user exactly once), so no
+    choice (checkpoint, steps) ever sees a test label."""
 
-    def __init__(self, data: str = "runs/demo/data", scenario: str = "Takeout", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        data: str = "runs/demo/data",
+        scenario: str = "Takeout",
+        val_fraction: float = 0.2,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(data=data, **kwargs)
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
         self.scenario = scenario
+        self.val_fraction = val_fraction
         self._split_units: dict[str, Units] = {}
         self.query: str | None = None
 
@@ -259,11 +270,22 @@ class ScenarioDataModule(UserUDataModule):
         self.query = scenarios[self.scenario].query
         path = self.data / "benchmarks" / f"{self.scenario}.parquet"
         bench = pl.read_parquet(path)
-        for split in ("train", "test"):
-            part = bench.filter(pl.col("split") == split)
+        from data_modules.build import stable_fraction
+
+        seed = self.hparams.seed
+        in_val = pl.col("user_id").map_elements(
+            lambda u: stable_fraction(f"val:{seed}:{u}") < self.val_fraction, return_dtype=pl.Boolean
+        )
+        train = bench.filter(pl.col("split") == "train").with_columns(in_val.alias("val"))
+        parts = {
+            "train": train.filter(~pl.col("val")),
+            "val": train.filter(pl.col("val")),
+            "test": bench.filter(pl.col("split") == "test"),
+        }
+        for split, part in parts.items():
             labels = dict(zip(part["user_id"].to_list(), part["label"].to_list()))
             if not labels:
-                raise DataError(path, f"no users in the '{split}' split")
+                raise DataError(path, f"no users in the '{split}' split (val_fraction {self.val_fraction})")
             self._split_units[split] = scan_units(self._shard_paths(), labels)
 
     def split_dataset(
@@ -284,14 +306,20 @@ class ScenarioDataModule(UserUDataModule):
             self.split_dataset("train", shuffle=self.hparams.shuffle, world_size=world, rank=rank)
         )
 
-    def _eval_loader(self) -> UserStreamLoader:
+    def _eval_loader(self, split: str) -> UserStreamLoader:
         world, rank = self._world()
         return UserStreamLoader(
-            self.split_dataset("test", shuffle=False, world_size=world, rank=rank),
+            self.split_dataset(split, shuffle=False, world_size=world, rank=rank),
             num_workers=self.hparams.num_workers,
         )
 
-    val_dataloader = test_dataloader = predict_dataloader = _eval_loader
+    def val_dataloader(self) -> UserStreamLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> UserStreamLoader:
+        return self._eval_loader("test")
+
+    predict_dataloader = test_dataloader
 
 
 class UserStreamLoader(StatefulDataLoader):

@@ -67,3 +67,21 @@ def test_all_scenarios_in_one_command(built, pretrained, tmp_path):
     names = [s["name"] for s in json.loads((built / "scenarios.json").read_text())]
     done = sorted(p.parent.parent.name for p in (tmp_path / "tune").glob("*/prompt/prompt.json"))
     assert done == sorted(names) and len(names) == 10
+
+
+def test_validation_users_are_carved_from_train_and_never_test(built):
+    import polars as pl
+
+    dm = ScenarioDataModule(str(built), scenario="Takeout", batch_size=32)
+    dm.setup()
+    users = {}
+    for split in ("train", "val", "test"):
+        ds = dm.split_dataset(split, shuffle=False)
+        users[split] = {u for batch in ds for u in batch["user_id"]}
+    bench = pl.read_parquet(built / "benchmarks" / "Takeout.parquet")
+    train = set(bench.filter(pl.col("split") == "train")["user_id"])
+    assert users["train"] | users["val"] == train and not users["train"] & users["val"]
+    assert users["test"] == set(bench.filter(pl.col("split") == "test")["user_id"])
+    assert 0.1 < len(users["val"]) / len(train) < 0.3
+    loaders = {name: getattr(dm, f"{name}_dataloader")().dataset for name in ("val", "test")}
+    assert {u for b in loaders["val"] for u in b["user_id"]} == users["val"]
