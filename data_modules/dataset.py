@@ -290,9 +290,10 @@ class UserStreamDataset(IterableDataset):
                 answers.append(ans[i])
             batch["query"], batch["answer"] = queries, answers
             batch["query_ids"], batch["query_mask"] = self._tokenize_queries(queries)
-            batch["answer_ids"], batch["answer_mask"] = self._tokenize(
+            ids, batch["answer_truncated"] = self._token_ids(
                 answers, self.max_answer_tokens, eos=self.answer_eos
             )
+            batch["answer_ids"], batch["answer_mask"] = self._padded(ids)
         elif self.mode == "scenario":
             queries = [self.scenario_query] * len(user_ids)
             batch["query"] = queries
@@ -300,12 +301,15 @@ class UserStreamDataset(IterableDataset):
             batch["label"] = torch.from_numpy(np.concatenate(labels)[perm])
         return batch
 
-    def _token_ids(self, texts: list[str], max_len: int, *, eos: bool) -> list[list[int]]:
+    def _token_ids(self, texts: list[str], max_len: int, *, eos: bool) -> tuple[list[list[int]], int]:
+        """Token ids cut to ``max_len`` (EOS included when asked), and how many texts were cut."""
         tok = self.tokenizer
         eos_id = tok.eos_token_id if eos else None
         limit = max_len - (1 if eos_id is not None else 0)
-        ids = tok(texts, add_special_tokens=False, truncation=True, max_length=limit)["input_ids"]
-        return [s + [eos_id] for s in ids] if eos_id is not None else ids
+        full = tok(texts, add_special_tokens=False)["input_ids"]
+        cut = sum(len(s) > limit for s in full)
+        ids = [s[:limit] for s in full]
+        return ([s + [eos_id] for s in ids] if eos_id is not None else ids), cut
 
     def _padded(self, ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -313,7 +317,7 @@ class UserStreamDataset(IterableDataset):
         return torch.from_numpy(arr), torch.from_numpy(mask)
 
     def _tokenize(self, texts: list[str], max_len: int, *, eos: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._padded(self._token_ids(texts, max_len, eos=eos))
+        return self._padded(self._token_ids(texts, max_len, eos=eos)[0])
 
     def _tokenize_queries(self, queries: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         cache = self._query_cache
@@ -321,5 +325,5 @@ class UserStreamDataset(IterableDataset):
         if missing:
             if len(cache) > 100_000:  # bound memory when every query is unique (external QA)
                 cache.clear()
-            cache.update(zip(missing, self._token_ids(missing, self.max_query_tokens, eos=False)))
+            cache.update(zip(missing, self._token_ids(missing, self.max_query_tokens, eos=False)[0]))
         return self._padded([cache[q] for q in queries])

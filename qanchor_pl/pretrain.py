@@ -188,6 +188,8 @@ class PretrainModule(L.LightningModule):
             loss = loss + self.hparams.ntp_weight * out.ntp_loss
             scalars["train/loss_ntp"] = out.ntp_loss.detach()
         scalars["train/loss"] = loss.detach()
+        if "answer_truncated" in batch:  # answers cut at max_answer_tokens: their NTP target is partial
+            scalars["train/answer_truncated_frac"] = torch.tensor(batch["answer_truncated"] / out.u.shape[0])
         counts = {"samples": float(out.u.shape[0]), "tokens": float(out.anchor_tokens + out.answer_tokens)}
         return loss, scalars, counts
 

@@ -78,7 +78,9 @@ def test_scenario_module_serves_the_split_with_its_labels(built):
     assert got == test and sum(len(b["user_id"]) for b in batches) == len(test)
     assert batches[0]["query"][0] == "Will the user show interest in takeout services?"
     train = [u for b in dm.train_dataloader() for u in b["user_id"]]
-    assert set(train).isdisjoint(test) and len(train) == bench.height - len(test)
+    val = [u for b in dm.val_dataloader() for u in b["user_id"]]  # carved from train, not from test
+    assert set(train).isdisjoint(test) and set(val).isdisjoint(test) and set(val).isdisjoint(train)
+    assert len(train) + len(val) == bench.height - len(test)
 
 
 def test_unknown_scenario_and_caps_are_clear_errors(built):

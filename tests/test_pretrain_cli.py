@@ -65,7 +65,7 @@ def test_a_run_logs_checkpoints_refuses_to_mix_and_resumes_into_the_same_curve(b
     tags = scalars(tb / "run")
     for tag in ["train/loss", "train/loss_cl", "train/loss_ntp", "train/lr", "train/temperature",
                 "train/grad_norm", "train/pos_sim", "train/neg_sim", "train/masked_fraction",
-                "throughput/samples_per_sec", "throughput/tokens_per_sec"]:  # fmt: skip
+                "throughput/samples_per_sec", "throughput/tokens_per_sec", "train/answer_truncated_frac"]:  # fmt: skip
         assert tag in tags, f"{tag} not logged; have {sorted(tags)}"
     assert [s for s, _ in tags["train/loss"]] == list(range(6))
     assert all(v > 0 for _, v in tags["throughput/tokens_per_sec"])
