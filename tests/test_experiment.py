@@ -58,6 +58,7 @@ def test_experiment_on_own_logs_end_to_end(other_raw, tmp_path):
     ]  # fmt: skip
     assert {(c["a"], c["b"]) for c in report["comparisons"]} >= {("Q-Anchor (base)", "Mean event vectors + tabular"),
                                                                 ("w/o NTP", "Q-Anchor (base)")}  # fmt: skip
+    assert report["config"]["threads"] == 2  # pinned: the table does not depend on the machine's cores
     split = report["time_split"]
     assert split["pretrain_cutoff"] < split["eval_cutoff"] < split["label_end"]
     pre, ev = (json.loads((out / d / "manifest.json").read_text()) for d in ("data-pretrain", "data"))

@@ -74,6 +74,9 @@ class ExperimentConfig:
     qa_model: str | None = None  # the LLM folder qa-synth uses when qa_version names a generated version
     qa_recipe: str | None = None  # a qa-synth recipe (its keys: QASynthConfig's fields)
     seed: int = 0
+    # Results depend on the number of compute threads (reduction order in BLAS and torch kernels):
+    # pinned, for torch and for numpy/scikit-learn's BLAS, so a 64-core box repeats a 2-core table.
+    threads: int = 2
     timings: dict[str, float] = field(default_factory=dict)
 
     def variant_names(self) -> list[str]:
@@ -299,11 +302,21 @@ def comparisons(variants: list[str]) -> list[tuple[str, str]]:
 
 
 def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
-    """Run (or resume) every stage; returns where the report is and the total time."""
+    """Run (or resume) every stage, with ``cfg.threads`` compute threads; returns where the report is
+    and the total time."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    quiet_libraries()
+    torch.set_num_threads(cfg.threads)
+    with threadpool_limits(limits=cfg.threads):
+        return _run(cfg)
+
+
+def _run(cfg: ExperimentConfig) -> dict[str, Any]:
     from data_modules.atomic import atomic_path, write_json
     from qanchor_pl.evaluate import BASELINES, comparisons_markdown, markdown, run_evaluate
 
-    quiet_libraries()
     t0 = time.perf_counter()
     root = Path(cfg.out)
     variants = cfg.variant_names()
