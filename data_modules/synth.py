@@ -379,15 +379,32 @@ def generate(
     return events, users
 
 
+WORLDS = ("default", "dynamic")
+
+
 def write_world(
-    out: str | Path, n_users: int, seed: int, *, activity: float = 1.0, n_files: int = 4, lead_days: int = 0
+    out: str | Path,
+    n_users: int,
+    seed: int,
+    *,
+    activity: float = 1.0,
+    n_files: int = 4,
+    lead_days: int = 0,
+    world: str = "default",
 ) -> dict:
     """Write ``events/part-*.parquet``, ``users.parquet``, ``scenarios.json``, ``modalities.json`` and
     ``topics.json`` under ``out``."""
     if lead_days < 0:
         raise ValueError(f"lead_days must be >= 0, got {lead_days}")
+    if world not in WORLDS:
+        raise ValueError(f"world must be one of {WORLDS}, got {world!r}")
     out = Path(out)
-    events, users = generate(n_users, seed, activity=activity, lead_days=lead_days)
+    if world == "dynamic":
+        from data_modules.synth_dynamic import generate_dynamic
+
+        events, users = generate_dynamic(n_users, seed, activity=activity, lead_days=lead_days)
+    else:
+        events, users = generate(n_users, seed, activity=activity, lead_days=lead_days)
     per_file = -(-events.num_rows // n_files) if events.num_rows else 1
     for k in range(n_files):
         write_parquet(out / "events" / f"part-{k:05d}.parquet", events.slice(k * per_file, per_file))
@@ -397,4 +414,10 @@ def write_world(
     write_json(out / "modalities.json", [asdict(m) for m in MODALITY_META])
     save_topics(out / "topics.json", WORLD_TOPICS)
     cutoff = START + dt.timedelta(days=HISTORY_DAYS + lead_days)
-    return {"users": n_users, "events": events.num_rows, "cutoff": cutoff.isoformat(), "out": str(out)}
+    return {
+        "users": n_users,
+        "events": events.num_rows,
+        "cutoff": cutoff.isoformat(),
+        "out": str(out),
+        "world": world,
+    }

@@ -18,8 +18,9 @@ def _synth(args: argparse.Namespace) -> dict:
     from data_modules.synth import write_world
 
     return write_world(
-        args.out, args.users, args.seed, activity=args.activity, n_files=args.files, lead_days=args.lead_days
-    )
+        args.out, args.users, args.seed, activity=args.activity, n_files=args.files, lead_days=args.lead_days,
+        world=args.world,
+    )  # fmt: skip
 
 
 def _build(args: argparse.Namespace) -> dict:
@@ -221,6 +222,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--lead-days", type=int, default=0,
         help="extra days of past behaviour before the 90-day history (room for a pretraining cutoff)",
+    )  # fmt: skip
+    s.add_argument(
+        "--world", choices=["default", "dynamic"], default="default",
+        help="dynamic: trending rates, triggered events, long-tailed texts (see data_modules/synth_dynamic.py)",
     )  # fmt: skip
     s.set_defaults(func=_synth)
 
