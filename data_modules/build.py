@@ -53,6 +53,7 @@ from data_modules.schemas import (
     resolve_caps,
     shard_schema,
 )
+from data_modules.splits import stable_fraction
 from data_modules.supervision import (
     QAReport,
     QASpec,
@@ -98,11 +99,6 @@ class BuildConfig:
     test_fraction: float = 0.3
     split_seed: int = 0
     tokenizer_vocab: int = 4096
-
-
-def stable_fraction(key: str) -> float:
-    """A uniform number in [0, 1) from a string, identical on every machine and Python run."""
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") / 2**64
 
 
 def build(cfg: BuildConfig) -> Manifest:

@@ -270,11 +270,11 @@ class ScenarioDataModule(UserUDataModule):
         self.query = scenarios[self.scenario].query
         path = self.data / "benchmarks" / f"{self.scenario}.parquet"
         bench = pl.read_parquet(path)
-        from data_modules.build import stable_fraction
+        from data_modules.splits import in_validation
 
         seed = self.hparams.seed
         in_val = pl.col("user_id").map_elements(
-            lambda u: stable_fraction(f"val:{seed}:{u}") < self.val_fraction, return_dtype=pl.Boolean
+            lambda u: in_validation(u, seed, self.val_fraction), return_dtype=pl.Boolean
         )
         train = bench.filter(pl.col("split") == "train").with_columns(in_val.alias("val"))
         parts = {

@@ -187,6 +187,16 @@ def dataclass_from_args(cls: type, args: argparse.Namespace):
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
 
 
+def _diagnose(args: argparse.Namespace) -> dict:
+    from qanchor_pl.diagnose import run_diagnose
+
+    return run_diagnose(
+        model=args.model, data=args.data, out=args.out, prompts=args.prompts, scenarios=args.scenarios,
+        batch_size=args.batch_size, val_fraction=args.val_fraction, seed=args.seed,
+        probe_c=args.probe_c if args.probe_c == "cv" else float(args.probe_c),
+    )  # fmt: skip
+
+
 def _experiment(args: argparse.Namespace) -> dict:
     from qanchor_pl.pipelines.experiment import ExperimentConfig, run_experiment
 
@@ -337,6 +347,20 @@ def _parser() -> argparse.ArgumentParser:
     add_dataclass_options(ex, ExperimentConfig, required=("raw",), skip=("timings",))
     ex.set_defaults(func=_experiment, required_options=("raw",))
     RECIPE_PARSERS["experiment"] = ex
+
+    dg = sub.add_parser("diagnose", help="validation AUC of a linear probe at every stage of the model")
+    dg.add_argument("--model", required=True, help="an export folder or a pretraining checkpoint")
+    dg.add_argument("--data", required=True)
+    dg.add_argument("--out", required=True, help="report folder (diagnose.md, diagnose.json, tensorboard/)")
+    dg.add_argument("--prompts", help="tuned prompts folder: adds the prompt-tuned u stage")
+    dg.add_argument("--scenarios", default="all")
+    dg.add_argument("--batch-size", type=int, default=128)
+    dg.add_argument("--val-fraction", type=float, default=0.2, help="of each scenario's train users")
+    dg.add_argument("--seed", type=int, default=0, help="the validation carve's seed (as the tuning data's)")
+    dg.add_argument(
+        "--probe-c", default="cv", help="the probe's C, or 'cv' (cross-validated on the fit part)"
+    )
+    dg.set_defaults(func=_diagnose)
 
     dm = sub.add_parser("demo", help="the whole pipeline on the synthetic world, ending in the result tables")
     dm.add_argument("--out", default="runs/demo")
