@@ -290,10 +290,11 @@ class UserStreamDataset(IterableDataset):
                 answers.append(ans[i])
             batch["query"], batch["answer"] = queries, answers
             batch["query_ids"], batch["query_mask"] = self._tokenize_queries(queries)
-            ids, batch["answer_truncated"] = self._token_ids(
-                answers, self.max_answer_tokens, eos=self.answer_eos
-            )
+            ids, cut = self._token_ids(answers, self.max_answer_tokens, eos=self.answer_eos)
             batch["answer_ids"], batch["answer_mask"] = self._padded(ids)
+            batch["answer_truncated"] = torch.tensor(
+                cut, dtype=torch.bool
+            )  # per user: sliceable like the rest
         elif self.mode == "scenario":
             queries = [self.scenario_query] * len(user_ids)
             batch["query"] = queries
@@ -301,13 +302,13 @@ class UserStreamDataset(IterableDataset):
             batch["label"] = torch.from_numpy(np.concatenate(labels)[perm])
         return batch
 
-    def _token_ids(self, texts: list[str], max_len: int, *, eos: bool) -> tuple[list[list[int]], int]:
-        """Token ids cut to ``max_len`` (EOS included when asked), and how many texts were cut."""
+    def _token_ids(self, texts: list[str], max_len: int, *, eos: bool) -> tuple[list[list[int]], list[bool]]:
+        """Token ids cut to ``max_len`` (EOS included when asked), and which texts were cut."""
         tok = self.tokenizer
         eos_id = tok.eos_token_id if eos else None
         limit = max_len - (1 if eos_id is not None else 0)
         full = tok(texts, add_special_tokens=False)["input_ids"]
-        cut = sum(len(s) > limit for s in full)
+        cut = [len(s) > limit for s in full]
         ids = [s[:limit] for s in full]
         return ([s + [eos_id] for s in ids] if eos_id is not None else ids), cut
 

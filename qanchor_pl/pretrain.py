@@ -189,7 +189,7 @@ class PretrainModule(L.LightningModule):
             scalars["train/loss_ntp"] = out.ntp_loss.detach()
         scalars["train/loss"] = loss.detach()
         if "answer_truncated" in batch:  # answers cut at max_answer_tokens: their NTP target is partial
-            scalars["train/answer_truncated_frac"] = torch.tensor(batch["answer_truncated"] / out.u.shape[0])
+            scalars["train/answer_truncated_frac"] = batch["answer_truncated"].float().mean()
         counts = {"samples": float(out.u.shape[0]), "tokens": float(out.anchor_tokens + out.answer_tokens)}
         return loss, scalars, counts
 
