@@ -47,3 +47,21 @@ def pad_token_ids(seqs: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.nd
     ids[rows, pos] = flat[src]
     mask[rows, pos] = True
     return ids, mask
+
+
+def cutoff_ms(cutoff: str) -> int:
+    """A manifest's cutoff (ISO, naive like the shards' timestamps) in epoch milliseconds."""
+    return int(np.datetime64(cutoff.split("+")[0], "ms").astype(np.int64))
+
+
+def pad_event_ages(ts: pa.Array, cutoff: int, cap: int) -> np.ndarray:
+    """Age in days before ``cutoff`` (epoch ms) of the same events :func:`pad_events` keeps: [B, K] float32."""
+    if isinstance(ts, pa.ChunkedArray):
+        ts = ts.combine_chunks()
+    lengths = ts.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    values = ts.flatten().cast(pa.int64()).to_numpy(zero_copy_only=False)
+    keep = np.minimum(lengths, cap)
+    src, rows, pos = _ragged_index(lengths, keep)
+    out = np.zeros((len(lengths), max(int(keep.max()) if len(keep) else 0, 1)), dtype=np.float32)
+    out[rows, pos] = (cutoff - values[src]) / 86_400_000.0
+    return out

@@ -182,6 +182,7 @@ class UserUDataModule(L.LightningDataModule):
             max_answer_tokens=self.hparams.max_answer_tokens,
             qa_files=self.qa_files,
             qa_keep_templated_uqa=self.qa_keep_templated_uqa,
+            cutoff=self.manifest.cutoff,
         )
 
     def make_dataset(self, *, world_size: int = 1, rank: int = 0) -> UserStreamDataset:

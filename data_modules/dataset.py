@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from data_modules.collate import pad_events, pad_token_ids
+from data_modules.collate import cutoff_ms, pad_event_ages, pad_events, pad_token_ids
 from data_modules.encode import load_vectors
 from data_modules.errors import DataError
 from data_modules.plan import PlanSpec, WorkerPlan, make_worker_plan, unit_order
@@ -123,6 +123,7 @@ class UserStreamDataset(IterableDataset):
         answer_eos: bool = True,
         qa_files: list[str] | None = None,
         qa_keep_templated_uqa: bool = True,
+        cutoff: str | None = None,
     ) -> None:
         super().__init__()
         if mode not in ("qa", "scenario", "users"):
@@ -150,7 +151,12 @@ class UserStreamDataset(IterableDataset):
         self._vectors: dict[str, np.ndarray] | None = None
         self._query_cache: dict[str, list[int]] = {}  # queries repeat (templates, topics): tokenise once
         self._files: dict[int, pq.ParquetFile] = {}
+        # With the cutoff, batches carry each kept event's age in days ("event_age"), for models
+        # that read time.
+        self.cutoff = cutoff_ms(cutoff) if cutoff else None
         self._columns = ["user_id", *(f"ev_{m}" for m in self.event_modalities), "tabular"]
+        if self.cutoff is not None:
+            self._columns += [f"ts_{m}" for m in self.event_modalities]
         if mode == "qa":
             self._columns += ["qa_query", "qa_answer", "qa_source"]
 
@@ -271,10 +277,15 @@ class UserStreamDataset(IterableDataset):
         pieces = table.take(pa.array(perm))
         user_ids = pieces.column("user_id").to_pylist()
         batch: dict[str, Any] = {"user_id": user_ids, "events": {}, "event_mask": {}}
+        if self.cutoff is not None:
+            batch["event_age"] = {}
         for m in self.event_modalities:
             ev, mask = pad_events(pieces.column(f"ev_{m}"), self.vectors[m], self.caps[m])
             batch["events"][m] = torch.from_numpy(ev)
             batch["event_mask"][m] = torch.from_numpy(mask)
+            if self.cutoff is not None:
+                ages = pad_event_ages(pieces.column(f"ts_{m}"), self.cutoff, self.caps[m])
+                batch["event_age"][m] = torch.from_numpy(ages)
         tab = pieces.column("tabular").combine_chunks()
         width = tab.type.list_size if pa.types.is_fixed_size_list(tab.type) else 0
         batch["tabular"] = torch.from_numpy(

@@ -149,7 +149,8 @@ def _bench_kv(args: argparse.Namespace) -> dict:
 def _demo(args: argparse.Namespace) -> dict:
     from qanchor_pl.demo import DemoConfig, run_demo
 
-    overrides = {k: getattr(args, k) for k in ("users", "pretrain_steps", "tune_steps", "seed")}
+    overrides = {k: getattr(args, k)
+                 for k in ("users", "pretrain_steps", "tune_steps", "seed", "world", "variants", "probe_c", "seeds")}  # fmt: skip
     return run_demo(DemoConfig.from_options(args.out, fast=args.fast, **overrides))
 
 
@@ -369,6 +370,12 @@ def _parser() -> argparse.ArgumentParser:
     dm.add_argument("--pretrain-steps", type=int, help="override the steps of each pretraining run (200)")
     dm.add_argument("--tune-steps", type=int, help="override the steps of each prompt-tuning run (70)")
     dm.add_argument("--seed", type=int, help="override the world's and the runs' seed (0)")
+    dm.add_argument("--world", choices=["default", "dynamic"], help="the synthetic world (default: default)")
+    dm.add_argument("--variants", help="pretraining variants, comma-separated (base required)")
+    dm.add_argument("--probe-c", help="the probe's C, or 'cv' (default: cross-validated on train)")
+    dm.add_argument(
+        "--seeds", type=int, help="run N seeds on the same world: OUT/seed-S + OUT/seeds.md (mean ± s.d.)"
+    )
     dm.set_defaults(func=_demo)
 
     mb = sub.add_parser(

@@ -26,6 +26,11 @@ class DemoConfig:
     profile_tokens: int = 256
     seed: int = 0
     variants: str = "base,no-contrastive,no-ntp,no-margin,no-structural"
+    world: str = (
+        "default"  # the synthetic world: default (stationary) | dynamic (trends, triggers, long tail)
+    )
+    probe_c: str = "cv"
+    seeds: int = 1  # > 1: that many experiments on the same world, summarised as mean ± s.d.
     timings: dict[str, float] = field(default_factory=dict)
 
     @classmethod
@@ -51,10 +56,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     exp = ExperimentConfig(
         raw=str(raw), out=cfg.out, pretrain_steps=cfg.pretrain_steps, tune_steps=cfg.tune_steps,
         tune_batch=cfg.tune_batch, profile_tokens=cfg.profile_tokens, seed=cfg.seed, variants=cfg.variants,
-        timings=cfg.timings,
+        probe_c=cfg.probe_c, seeds=cfg.seeds, timings=cfg.timings,
     )  # fmt: skip
     if not (raw / "scenarios.json").exists():
         with Stage(exp, "synth"):
-            write_world(raw, n_users=cfg.users, seed=cfg.seed, lead_days=FUTURE_DAYS)
-    status(f"demo: the synthetic world ({cfg.users} users) at {raw}")
+            write_world(raw, n_users=cfg.users, seed=cfg.seed, lead_days=FUTURE_DAYS, world=cfg.world)
+    status(f"demo: the {cfg.world} synthetic world ({cfg.users} users) at {raw}")
     return run_experiment(exp)

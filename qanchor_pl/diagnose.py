@@ -31,7 +31,7 @@ STAGES = ("mean event features", "modality tokens", "USER_EMB hidden state", "u 
 @torch.no_grad()
 def stage_features(model, batch: dict[str, Any], queries) -> dict[str, dict[str, np.ndarray]]:
     """stage -> scenario ("*" when the stage does not depend on it) -> [B, D] for one batch."""
-    tok = model.user_encoder(batch["events"], batch["event_mask"], batch.get("tabular"))
+    tok = model.user_tokens(batch)
     out: dict[str, dict[str, np.ndarray]] = {
         "modality tokens": {
             "*": torch.cat([tok.modality[n] for n in model.user_encoder.token_names], -1).float().numpy()
@@ -41,11 +41,13 @@ def stage_features(model, batch: dict[str, Any], queries) -> dict[str, dict[str,
     for q in queries:
         ids = torch.tensor(q.ids, dtype=torch.long).expand(b, -1)
         mask = torch.ones_like(ids, dtype=torch.bool)
-        packed = model.anchor_sequence({**batch, "query_ids": ids, "query_mask": mask})
+        packed = model.anchor_sequence({**batch, "query_ids": ids, "query_mask": mask}, tok=tok)
         h = model.hidden_states(packed)
         hu = h[torch.arange(b), packed.position_of(Role.USER_EMB)]
         out.setdefault("USER_EMB hidden state", {})[q.name] = hu.float().numpy()
-        out.setdefault("u (after the head)", {})[q.name] = model.head(hu).float().numpy()
+        out.setdefault("u (after the head)", {})[q.name] = (
+            model.project_user(hu, model.user_summary(tok)).float().numpy()
+        )
         if q.prompt is not None:
             u = model.anchor({**batch, "query_ids": ids, "query_mask": mask}, prompt=q.prompt)
             out.setdefault("u (prompt-tuned)", {})[q.name] = u.float().numpy()

@@ -214,7 +214,7 @@ def run_embed(
         "model": str(model), "data": str(data), "scenarios": [q.name for q in queries],
         "queries": {q.name: q.query for q in queries}, "prompts": prompts, "batch_size": batch_size,
         "part_batches": part_batches, "devices": devices, "kv_cache": kv_cache,
-        "embed_dim": qmodel.config.embed_dim,
+        "embed_dim": qmodel.embedding_dim,
     }  # fmt: skip
     job_path = out_dir / "job.json"
     if job_path.exists():

@@ -36,7 +36,9 @@ from data_modules.scenarios import load_scenarios
 from qanchor_pl.significance import bootstrap_avg_auc, paired_delta
 
 log = logging.getLogger(__name__)
-BASELINES = ("minilm", "mean-events", "category-counts", "event-counts")
+BASELINES = ("minilm", "mean-events", "category-counts", "event-counts", "time-windows")
+#: The time-aware reference's windows: days before the cutoff.
+TIME_WINDOWS = (7, 30, 90)
 
 
 # -- the probe ----------------------------------------------------------------------------------
@@ -201,6 +203,44 @@ def category_count_features(data: Path) -> dict[str, tuple[list[str], np.ndarray
     return _with_tabular(blocks, prof, manifest)
 
 
+def time_window_features(
+    data: Path, windows: tuple[int, ...] = TIME_WINDOWS, min_users: int = 2
+) -> dict[str, tuple[list[str], np.ndarray]]:
+    """The time-aware reference an engineer would build: for each window of the last ``w`` days
+    before the cutoff, each modality's mean event vector and log(1 + count) of each vocabulary
+    entry, all windows side by side, plus tabular. Count columns are kept for entries that at least
+    ``min_users`` users have (label-free, like building a vocabulary: a text only one user ever
+    has cannot carry over from train to test users, and a long-tailed vocabulary would otherwise
+    make the matrix users x 3 x vocabulary wide)."""
+    manifest = Manifest.load(data)
+    cols = ["user_id", "tabular", *(f"{p}_{m}" for m in manifest.event_modalities for p in ("ev", "ts"))]
+    prof = pl.concat([pl.read_parquet(data / n, columns=cols) for n in manifest.shard_files])
+    cutoff = np.datetime64(manifest.cutoff.split("+")[0], "ms")
+    blocks = []
+    for m in manifest.event_modalities:
+        vec = np.asarray(load_vectors(data, m), dtype=np.float32)
+        ids = [np.asarray(r, dtype=np.int64) for r in prof[f"ev_{m}"].to_list()]
+        ages = [(cutoff - np.asarray(r, dtype="datetime64[ms]")) / np.timedelta64(1, "D")
+                for r in prof[f"ts_{m}"].to_list()]  # fmt: skip
+        users_per_entry = np.bincount(
+            np.concatenate([np.unique(r) for r in ids] + [np.zeros(0, np.int64)]), minlength=len(vec)
+        )
+        kept = np.flatnonzero(users_per_entry >= min_users)
+        column = np.full(len(vec), -1, dtype=np.int64)
+        column[kept] = np.arange(len(kept))
+        for w in windows:
+            means = np.zeros((prof.height, vec.shape[1]), dtype=np.float32)
+            counts = np.zeros((prof.height, len(kept)), dtype=np.float32)
+            for i, (row, age) in enumerate(zip(ids, ages)):
+                inside = row[age <= w]
+                if inside.size:
+                    means[i] = vec[inside].mean(0)
+                    cols_i = column[inside]
+                    np.add.at(counts[i], cols_i[cols_i >= 0], 1.0)
+            blocks += [means, np.log1p(counts)]
+    return _with_tabular(blocks, prof, manifest)
+
+
 def profile_texts(data: Path, top: int = 8) -> tuple[list[str], list[str]]:
     """A text rendering of each user's history: per modality its most frequent events with counts."""
     manifest = Manifest.load(data)
@@ -339,7 +379,7 @@ def run_evaluate(
             feats = minilm_features(data_dir, cache, max_tokens=profile_tokens)
         else:
             feats = {"mean-events": mean_event_features, "category-counts": category_count_features,
-                     "event-counts": event_count_features}[b](data_dir)  # fmt: skip
+                     "event-counts": event_count_features, "time-windows": time_window_features}[b](data_dir)  # fmt: skip
         metrics, curves[b] = evaluate_features(feats, data_dir, chosen, probe_c)
         rows[b] = with_average(metrics)
     projector = None

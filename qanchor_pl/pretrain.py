@@ -72,6 +72,11 @@ class PretrainModule(L.LightningModule):
         lora: LoRA settings, or ``None`` to train the whole backbone (sensible for ``tiny`` only).
         contrastive: anchored InfoNCE settings (see :class:`ContrastiveSpec`).
         ntp_weight: weight of the answer next-token loss; 0 = "w/o NTP" (no LM head is computed).
+        embedding: which vector is the user embedding: ``head`` (the projection head's output) or
+            ``hidden`` (the L2-normalised ``<USER_EMB>`` hidden state); ``None`` = ``head`` when
+            the contrastive loss trains the head, else ``hidden`` (an untrained head is noise).
+        head_residual: add a learned path from the pooled modality tokens into the head's input.
+        event_time: embed each event's age before the data's cutoff into its token.
         lr, weight_decay, betas, warmup_steps, min_lr_ratio: AdamW with linear warmup then cosine
             decay to ``lr * min_lr_ratio`` at ``trainer.max_steps``.
         seed: seeds the per-step RNG (dropout).
@@ -89,6 +94,9 @@ class PretrainModule(L.LightningModule):
         adapter_hidden: int | None = None,
         user_marker: bool = True,
         modality_markers: bool = True,
+        embedding: str | None = None,
+        head_residual: bool = False,
+        event_time: bool = False,
         contrastive: ContrastiveSpec = ContrastiveSpec(),
         ntp_weight: float = 1.0,
         lr: float = 2e-4,
@@ -135,6 +143,9 @@ class PretrainModule(L.LightningModule):
             user_marker=h.user_marker,
             modality_markers=h.modality_markers,
             gradient_checkpointing=h.gradient_checkpointing,
+            embedding=h.embedding or ("head" if self.contrastive.enabled else "hidden"),
+            head_residual=h.head_residual,
+            event_time=h.event_time,
         )
 
     def _build(self, inputs: DataInputs) -> None:

@@ -78,7 +78,7 @@ class PromptTuneModule(L.LightningModule):
         rows = torch.randint(0, emb.shape[0], (n_prompt,), generator=g)
         self.prompt = nn.Parameter(emb.detach()[rows].clone().float())
         self.prototypes = nn.Parameter(
-            torch.randn(num_classes * prototypes_per_class, self.model.config.embed_dim, generator=g)
+            torch.randn(num_classes * prototypes_per_class, self.model.embedding_dim, generator=g)
         )
         self.val_auc = BinaryAUROC()
         self.step_counts: dict[str, float] = {}
@@ -158,7 +158,7 @@ def save_prompt(module: PromptTuneModule, out: Path, *, scenario: str, query: st
         "temperature": h.temperature,
         "pretrained": str(h.pretrained),
         "hidden_size": module.model.hidden_size,
-        "embed_dim": module.model.config.embed_dim,
+        "embed_dim": module.model.embedding_dim,
     }
     write_json(out / PROMPT_META, meta)
     meta["bytes"] = sum((out / f).stat().st_size for f in (PROMPT_FILE, PROMPT_META))

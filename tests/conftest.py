@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,19 @@ def built(raw_world, tmp_path_factory) -> Path:
     )
     encode_dataset(out, "hash", dim=32)
     return out
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback now, for a torchrun master."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def torchrun_env() -> dict:
+    """Environment for 2-process gloo runs: loopback only (gloo otherwise resolves the host name,
+    which can stall in containers)."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
 
 
 def run_qanchor(*args: str, check: bool = True) -> subprocess.CompletedProcess:

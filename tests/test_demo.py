@@ -13,7 +13,8 @@ from tests.conftest import run_qanchor
 from tests.helpers.tb import scalars
 
 ROWS = ["General text embedding (MiniLM, profile text)", "Mean event vectors + tabular",
-        "Event counts per modality and category + tabular", "Reference: bag of events (log counts) + tabular", "Q-Anchor (base)",
+        "Event counts per modality and category + tabular", "Reference: bag of events (log counts) + tabular",
+        "Reference: last 7/30/90 days (mean vectors + log counts) + tabular", "Q-Anchor (base)",
         "Q-Anchor (prompt-tuned)", "w/o contrastive", "w/o NTP", "w/o margin filter", "w/o structural tokens",
         "w/o pretraining (prompt-tuned)"]  # fmt: skip
 
@@ -31,7 +32,7 @@ def test_fast_demo_end_to_end(tmp_path):
     for row in report["table"].values():
         assert set(row) == {*report["scenarios"], "Avg"}
     pairs = {(c["a"], c["b"]) for c in report["comparisons"]}
-    assert ("Q-Anchor (base)", "Mean event vectors + tabular") in pairs and len(pairs) == 9
+    assert ("Q-Anchor (base)", "Mean event vectors + tabular") in pairs and len(pairs) == 12
     assert all(c["lo"] <= c["hi"] for c in report["comparisons"])
     md = (out / "report.md").read_text()
     assert md.count("| Q-Anchor (prompt-tuned) | 0.") == 2 and "- total:" in md  # AUC and KS tables

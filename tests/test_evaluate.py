@@ -7,8 +7,9 @@ import json
 import numpy as np
 import polars as pl
 
+from data_modules.encode import load_vectors
 from data_modules.manifest import Manifest
-from qanchor_pl.evaluate import auc_ks, event_count_features, profile_texts
+from qanchor_pl.evaluate import auc_ks, event_count_features, profile_texts, time_window_features
 from tests.conftest import run_qanchor
 from tests.helpers.tb import scalars
 
@@ -49,6 +50,43 @@ def test_event_counts_are_log1p_counts_of_each_history_text_then_tabular(built):
         assert np.allclose(got[offset : offset + size], np.log1p(want)), m
         offset += size
     assert np.allclose(got[offset:], row["tabular"])
+
+
+def test_time_windows_are_mean_vectors_and_counts_over_the_last_days_then_tabular(built):
+    users, mat = time_window_features(built, windows=(7, 30))["*"]
+    manifest = Manifest.load(built)
+    shards = pl.concat([pl.read_parquet(built / n) for n in manifest.shard_files])
+    cutoff = np.datetime64(manifest.cutoff.split("+")[0], "ms")
+    # Count columns: entries that at least 2 users have (recomputed here from the shards).
+    kept = {}
+    for m in manifest.event_modalities:
+        users_of = {}
+        for row in shards[f"ev_{m}"].to_list():
+            for e in set(row or []):
+                users_of[e] = users_of.get(e, 0) + 1
+        kept[m] = sorted(e for e, n in users_of.items() if n >= 2)
+    dims = {m: load_vectors(built, m).shape[1] for m in manifest.event_modalities}
+    assert mat.shape[1] == sum(2 * (dims[m] + len(kept[m])) for m in manifest.event_modalities) + len(
+        manifest.tabular_features
+    )
+    checked_recent = 0
+    for row in shards.head(40).iter_rows(named=True):
+        got, offset = mat[users.index(row["user_id"])], 0
+        for m in manifest.event_modalities:
+            vec = np.asarray(load_vectors(built, m), dtype=np.float32)
+            ids = np.asarray(row[f"ev_{m}"] or [], dtype=np.int64)
+            age = (cutoff - np.asarray(row[f"ts_{m}"] or [], dtype="datetime64[ms]")) / np.timedelta64(1, "D")
+            for w in (7, 30):
+                inside = ids[age <= w]
+                mean = vec[inside].mean(0) if inside.size else np.zeros(dims[m])
+                counts = np.array([(inside == e).sum() for e in kept[m]], dtype=float)
+                assert np.allclose(got[offset : offset + dims[m]], mean, atol=1e-5), (m, w)
+                offset += dims[m]
+                assert np.allclose(got[offset : offset + len(kept[m])], np.log1p(counts)), (m, w)
+                offset += len(kept[m])
+                checked_recent += int(w == 7 and 0 < inside.size < ids.size)
+        assert np.allclose(got[offset:], row["tabular"])
+    assert checked_recent > 0  # some users have events both inside and outside the 7-day window
 
 
 def test_evaluate_writes_metrics_table_and_tensorboard(built, pretrained, tmp_path):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import statistics
 
+import polars as pl
 import pytest
 import yaml
 
@@ -74,6 +76,32 @@ def test_experiment_on_own_logs_end_to_end(other_raw, tmp_path):
         assert (out / "tune/base" / name / "prompt/prompt.json").exists()
     again = run_qanchor(*args)  # every stage is found done
     assert "pretrain base ..." not in again.stderr and "build + encode done" in again.stderr
+
+
+def test_seeds_run_whole_experiments_and_summarise_them(other_raw, tmp_path):
+    out = tmp_path / "seeds"
+    run_qanchor("experiment", "--raw", str(other_raw), "--out", str(out), "--pretrain-steps", "4", "--tune-steps", "2",
+                "--tune-batch", "32", "--variants", "base", "--baselines", "mean-events", "--encoder", "hash",
+                "--probe-c", "1.0", "--seed", "5", "--seeds", "2")  # fmt: skip
+    reports = [json.loads((out / f"seed-{s}" / "report.json").read_text()) for s in (5, 6)]
+    assert [r["config"]["seed"] for r in reports] == [5, 6]
+    # each seed draws its own train/test users
+    tests = [pl.read_parquet(out / f"seed-{s}/data/benchmarks/Drama.parquet").filter(pl.col("split") == "test")
+             for s in (5, 6)]  # fmt: skip
+    assert set(tests[0]["user_id"]) != set(tests[1]["user_id"])
+    summary = json.loads((out / "seeds.json").read_text())
+    assert summary["seeds"] == [5, 6] and set(summary["rows"]) == set(reports[0]["table"])
+    for name, row in summary["rows"].items():
+        aucs = [r["table"][name]["Avg"]["auc"] for r in reports]
+        assert row["auc"] == aucs and abs(row["auc_mean"] - statistics.fmean(aucs)) < 1e-12
+        assert abs(row["auc_sd"] - statistics.stdev(aucs)) < 1e-12
+    (cmp,) = [c for c in summary["comparisons"]
+              if (c["a"], c["b"]) == ("Q-Anchor (prompt-tuned)", "Mean event vectors + tabular")]  # fmt: skip
+    assert cmp["deltas"] == [next(c["delta"] for c in r["comparisons"] if (c["a"], c["b"]) == (cmp["a"], cmp["b"]))
+                             for r in reports]  # fmt: skip
+    assert len(cmp["deltas"]) == 2 and cmp["above_0"] + cmp["below_0"] <= 2
+    md = (out / "seeds.md").read_text()
+    assert "2 seeds (5, 6)" in md and "| Q-Anchor (prompt-tuned) | 0." in md
 
 
 def test_label_window_beyond_the_data_is_a_one_line_error(other_raw, tmp_path):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
+import polars as pl
 import pytest
 import torch
 
+from data_modules.manifest import Manifest
 from qanchor_pl.model import backbone as bb
 from qanchor_pl.model.config import LoraSpec
 from qanchor_pl.model.sequence import Role
@@ -159,3 +162,71 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(model_data):
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-5), name
+
+
+def test_structural_tokens_start_at_the_token_tables_scale(model_data):
+    inputs, _ = model_data
+    m = model_for(inputs)
+    table = m.token_embedding.weight.detach()
+    special = m.special.weight.detach()
+    # Drawn per dimension from the table's mean and s.d.: the overall scale matches (a fixed 0.02
+    # was ~4x too small), within the sampling noise of a few rows.
+    assert abs(special.std().item() / table.std().item() - 1) < 0.25
+    assert special.std().item() > 2 * 0.02
+
+
+def test_without_the_contrastive_loss_the_embedding_is_the_trained_hidden_state(model_data):
+    inputs, batch = model_data
+    off = PretrainModule(tiny=TINY, lora=None, head_hidden=32, embed_dim=16, inputs=inputs,
+                         contrastive={"enabled": False})  # fmt: skip
+    on = PretrainModule(tiny=TINY, lora=None, head_hidden=32, embed_dim=16, inputs=inputs)
+    assert off.model.config.embedding == "hidden" and on.model.config.embedding == "head"
+    with torch.no_grad():
+        u = off.model.eval().anchor(batch)
+    # The head is skipped: u is the normalised <USER_EMB> hidden state, at the backbone's width.
+    assert u.shape == (len(batch["user_id"]), TINY.hidden_size) == (u.shape[0], off.model.embedding_dim)
+    assert torch.allclose(u.norm(dim=-1), torch.ones(len(u)), atol=1e-5)
+    with pytest.raises(ValueError, match="embedding must be"):
+        model_for(inputs, embedding="pooled")
+
+
+def test_the_residual_path_starts_closed_and_carries_the_event_summary(model_data):
+    inputs, batch = model_data
+    plain, residual = model_for(inputs), model_for(inputs, head_residual=True)
+    with torch.no_grad():
+        assert torch.allclose(plain.anchor(batch), residual.anchor(batch), atol=1e-6)  # zero init
+        torch.nn.init.normal_(residual.residual.weight, std=0.5)
+        assert not torch.allclose(plain.anchor(batch), residual.anchor(batch), atol=1e-3)
+    residual.train()
+    out = residual(batch, semantic=False)
+    out.u.sum().backward()
+    assert residual.residual.weight.grad.abs().sum() > 0
+
+
+def test_event_ages_in_the_batch_are_days_before_the_cutoff_of_the_kept_events(built, model_data):
+    _, batch = model_data
+    manifest = Manifest.load(built)
+    shards = pl.concat([pl.read_parquet(built / n) for n in manifest.shard_files])
+    cutoff = np.datetime64(manifest.cutoff.split("+")[0], "ms")
+    for i, user in enumerate(batch["user_id"]):
+        row = shards.filter(pl.col("user_id") == user).row(0, named=True)
+        for m in manifest.event_modalities:
+            ts = np.asarray(row[f"ts_{m}"] or [], dtype="datetime64[ms]")[-manifest.max_events[m] :]
+            mask = batch["event_mask"][m][i]
+            got = batch["event_age"][m][i][mask].numpy()
+            assert np.allclose(got, (cutoff - ts) / np.timedelta64(1, "D"), atol=1e-4), (user, m)
+            assert (got >= 0).all()
+
+
+def test_event_time_embedding_starts_closed_and_changes_embeddings_by_age(model_data):
+    inputs, batch = model_data
+    plain, timed = model_for(inputs), model_for(inputs, event_time=True)
+    with torch.no_grad():
+        assert torch.allclose(plain.anchor(batch), timed.anchor(batch), atol=1e-6)  # zero init
+        torch.nn.init.normal_(timed.user_encoder.time_embedding[2].weight, std=0.5)
+        older = {**batch, "event_age": {m: a + 30.0 for m, a in batch["event_age"].items()}}
+        assert not torch.allclose(timed.anchor(batch), timed.anchor(older), atol=1e-3)
+        assert torch.allclose(plain.anchor(batch), plain.anchor(older))  # the plain model ignores time
+        no_age = {k: v for k, v in batch.items() if k != "event_age"}
+        with pytest.raises(KeyError, match="event_age"):
+            timed.anchor(no_age)

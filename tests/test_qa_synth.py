@@ -39,7 +39,7 @@ from data_modules.qa_synth import (
 )
 from data_modules.topics import load_topics, topic
 from qanchor_pl.model.backbone import write_shaped_backbone
-from tests.conftest import ROOT, run_qanchor
+from tests.conftest import ROOT, free_port, run_qanchor, torchrun_env
 from tests.helpers.other_world import write_other_world
 from tests.helpers.parrot import teach_phrase
 
@@ -157,9 +157,10 @@ def test_two_ranks_and_a_killed_run_equal_one_rank(world):
     one = _copy_data(world, "d-one")
     run_qanchor("qa-synth", "--data", str(one), "--model", str(world["parrot"]), *SMALL)
     two = _copy_data(world, "d-two")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29581",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
            "-m", "qanchor_pl.cli", "qa-synth", "--data", str(two), "--model", str(world["parrot"]), *SMALL]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=ROOT, env=torchrun_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _merged(two) == _merged(one)
     counts = lambda d: Manifest.load(d).qa["versions"]["llm"]["counts"]  # noqa: E731

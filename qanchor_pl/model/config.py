@@ -71,6 +71,19 @@ class QAnchorConfig:
     user_marker: bool = True  # structural token before the user token (paper's "User token" ablation)
     modality_markers: bool = True  # start/end tokens around each modality ("modality tokens" ablation)
     gradient_checkpointing: bool = False
+    # Which vector is the user embedding: "head" = the projection head's output (trained by the
+    # contrastive loss); "hidden" = the L2-normalised <USER_EMB> hidden state itself (what training
+    # defines when the contrastive loss is off and the head would stay at its random init).
+    embedding: str = "head"
+    # Add a learned map of the pooled modality tokens to the <USER_EMB> hidden state before the
+    # head: a short path for the event statistics, which otherwise must survive every layer.
+    head_residual: bool = False
+    # Embed each event's age before the cutoff into its token (recency; see user_encoder.py).
+    event_time: bool = False
+
+    def __post_init__(self) -> None:
+        if self.embedding not in ("head", "hidden"):
+            raise ValueError(f"embedding must be 'head' or 'hidden', got {self.embedding!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

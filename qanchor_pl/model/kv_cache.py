@@ -29,6 +29,7 @@ class PrefixCache:
     layers: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: [B, kv_heads, P, head_dim] each
     mask: torch.Tensor  # [B, P] long, 1 on real prefix slots
     lengths: torch.Tensor  # [B] real prefix length per user
+    summary: torch.Tensor | None = None  # the head's residual-path input, when the model has one
 
     def fresh(self) -> DynamicCache:
         return DynamicCache([(k, v) for k, v in self.layers])
@@ -37,13 +38,16 @@ class PrefixCache:
 @torch.no_grad()
 def encode_prefix(model: QAnchorModel, batch: dict) -> PrefixCache:
     """Run the user prefixes once and keep their KV cache."""
-    packed = pack(model.prefix_pieces(batch))
+    tok = model.user_tokens(batch)
+    packed = pack(model.prefix_pieces(batch, tok))
     out = bb.decoder_of(model.backbone)(
         inputs_embeds=packed.embeds, attention_mask=packed.attention_mask, use_cache=True
     )
     cache = out.past_key_values
     layers = [(layer.keys, layer.values) for layer in cache.layers]
-    return PrefixCache(layers=layers, mask=packed.attention_mask, lengths=packed.lengths)
+    return PrefixCache(
+        layers=layers, mask=packed.attention_mask, lengths=packed.lengths, summary=model.user_summary(tok)
+    )
 
 
 @torch.no_grad()
@@ -68,4 +72,4 @@ def anchor_from_prefix(
     )
     h = out.last_hidden_state
     rows = torch.arange(h.shape[0], device=h.device)
-    return model.head(h[rows, suffix.position_of(Role.USER_EMB)])
+    return model.project_user(h[rows, suffix.position_of(Role.USER_EMB)], prefix.summary)

@@ -75,17 +75,28 @@ class QAnchorModel(nn.Module):
             inputs.tabular_dim,
             hidden,
             config.adapter_hidden or hidden,
+            event_time=config.event_time,
         )
         names = [USER_EMB]
         if config.user_marker:
             names.append(USER_MARKER)
         if config.modality_markers:
             names += [t for m in self.user_encoder.token_names for t in modality_markers(m)]
-        self.special = SpecialTokens(names, hidden)
+        self.special = SpecialTokens(names, hidden, table=self.token_embedding.weight)
         self.head = ProjectionHead(hidden, config.head_hidden, config.embed_dim)
+        # Zero-initialised: training starts from the plain model and grows the path if it helps.
+        self.residual = nn.Linear(hidden, hidden) if config.head_residual else None
+        if self.residual is not None:
+            nn.init.zeros_(self.residual.weight)
+            nn.init.zeros_(self.residual.bias)
         self.train()  # from_pretrained returns eval mode; LoRA dropout must be live when training
 
     # -- building blocks ------------------------------------------------------------------------
+    @property
+    def embedding_dim(self) -> int:
+        """Width of the user embedding ``u``."""
+        return self.config.embed_dim if self.config.embedding == "head" else self.hidden_size
+
     @property
     def token_embedding(self) -> nn.Module:
         return bb.token_embeddings_of(self.backbone)
@@ -94,9 +105,28 @@ class QAnchorModel(nn.Module):
         e = self.special(name, batch).to(like.dtype)
         return Piece(e, torch.ones(batch, 1, dtype=torch.bool, device=like.device), Role.PREFIX)
 
-    def prefix_pieces(self, batch: dict[str, Any]) -> list[Piece]:
+    def user_tokens(self, batch: dict[str, Any]) -> UserTokens:
+        return self.user_encoder(
+            batch["events"], batch["event_mask"], batch.get("tabular"), batch.get("event_age")
+        )
+
+    def user_summary(self, tok: UserTokens) -> torch.Tensor | None:
+        """The residual path's input (mean of the modality tokens), or None without that path."""
+        if self.residual is None:
+            return None
+        return torch.stack(list(tok.modality.values()), 0).mean(0)
+
+    def project_user(self, hidden: torch.Tensor, summary: torch.Tensor | None) -> torch.Tensor:
+        """``<USER_EMB>`` hidden states [B, H] (+ the residual path) -> user embeddings u [B, E]."""
+        if self.residual is not None and summary is not None:
+            hidden = hidden + self.residual(summary.to(hidden.dtype))
+        if self.config.embedding == "hidden":
+            return F.normalize(hidden.float(), dim=-1)
+        return self.head(hidden)
+
+    def prefix_pieces(self, batch: dict[str, Any], tok: UserTokens | None = None) -> list[Piece]:
         """The user prefix ``e_i``: user token, then per modality [marker, modality token, events, marker]."""
-        tok: UserTokens = self.user_encoder(batch["events"], batch["event_mask"], batch.get("tabular"))
+        tok = tok if tok is not None else self.user_tokens(batch)
         b = tok.user.shape[0]
         one = torch.ones(b, 1, dtype=torch.bool, device=tok.user.device)
         pieces: list[Piece] = []
@@ -143,10 +173,15 @@ class QAnchorModel(nn.Module):
         return pieces
 
     def anchor_sequence(
-        self, batch: dict[str, Any], *, prompt: torch.Tensor | None = None, with_answer: bool = False
+        self,
+        batch: dict[str, Any],
+        *,
+        prompt: torch.Tensor | None = None,
+        with_answer: bool = False,
+        tok: UserTokens | None = None,
     ) -> Packed:
         """``[prefix][prompt?][query][<USER_EMB>][answer?]`` packed for the backbone."""
-        pieces = self.prefix_pieces(batch) + self.suffix_pieces(
+        pieces = self.prefix_pieces(batch, tok) + self.suffix_pieces(
             batch["query_ids"], batch["query_mask"], prompt
         )
         if with_answer:
@@ -158,17 +193,19 @@ class QAnchorModel(nn.Module):
     # -- the towers -----------------------------------------------------------------------------
     def anchor(self, batch: dict[str, Any], *, prompt: torch.Tensor | None = None) -> torch.Tensor:
         """Anchored user embeddings u [B, E] (no answer in the sequence)."""
-        packed = self.anchor_sequence(batch, prompt=prompt)
+        tok = self.user_tokens(batch)
+        packed = self.anchor_sequence(batch, prompt=prompt, tok=tok)
         h = self.hidden_states(packed)
         pos = packed.position_of(Role.USER_EMB)
-        return self.head(h[torch.arange(h.shape[0], device=h.device), pos])
+        return self.project_user(h[torch.arange(h.shape[0], device=h.device), pos], self.user_summary(tok))
 
     def forward(self, batch: dict[str, Any], *, semantic: bool = True, ntp: bool = True) -> AnchorOutput:
         """Pretraining forward: u (and the NTP loss from the same pass) and, if asked, v."""
-        packed = self.anchor_sequence(batch, with_answer=ntp)
+        tok = self.user_tokens(batch)
+        packed = self.anchor_sequence(batch, with_answer=ntp, tok=tok)
         h = self.hidden_states(packed)
         rows = torch.arange(h.shape[0], device=h.device)
-        u = self.head(h[rows, packed.position_of(Role.USER_EMB)])
+        u = self.project_user(h[rows, packed.position_of(Role.USER_EMB)], self.user_summary(tok))
         ntp_loss = self.answer_ntp_loss(h, packed) if ntp else None
         v = self.embed_texts(batch["answer_ids"], batch["answer_mask"]) if semantic else None
         return AnchorOutput(

@@ -5,6 +5,8 @@ modality token  z_mdl[m]   = MLP_mdl(LN(masked_mean_t z_evt[m,t]))  one adapter 
 tabular token   z_tab      = MLP_tab(LN(x_tab))                 the tabular modality's token
 user token      z_usr      = MLP_usr(LN([z_mdl[1]; ...; z_tab]))  over all modality tokens
 All outputs live in the LLM's hidden size and enter it through ``inputs_embeds``.
+With ``event_time``, each event token also gets a learned embedding of its age before the cutoff
+(added, like a position embedding): the LLM can then weigh recent events over old ones.
 """
 
 from __future__ import annotations
@@ -19,6 +21,18 @@ def adapter(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
     """LayerNorm -> Linear -> GELU -> Linear (the authors' adapter shape)."""
     return nn.Sequential(
         nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim)
+    )
+
+
+#: Ages are given to the time embedding as age / AGE_SCALE_DAYS and log1p(age) / log1p(AGE_SCALE_DAYS).
+AGE_SCALE_DAYS = 90.0
+
+
+def age_features(age_days: torch.Tensor) -> torch.Tensor:
+    """[..., K] ages in days -> [..., K, 2] features of order 1."""
+    age = age_days.clamp(min=0.0)
+    return torch.stack(
+        [age / AGE_SCALE_DAYS, torch.log1p(age) / torch.log1p(torch.tensor(AGE_SCALE_DAYS))], -1
     )
 
 
@@ -46,14 +60,33 @@ class HierarchicalUserEncoder(nn.Module):
         tabular_dim: size of the tabular feature vector; 0 for none.
         hidden_size: the LLM's hidden size (output size of every adapter).
         adapter_hidden: inner width of the adapters.
+        event_time: add a learned embedding of each event's age (needs ``event_age`` in forward).
     """
 
-    def __init__(self, event_dims: dict[str, int], tabular_dim: int, hidden_size: int, adapter_hidden: int):
+    def __init__(
+        self,
+        event_dims: dict[str, int],
+        tabular_dim: int,
+        hidden_size: int,
+        adapter_hidden: int,
+        event_time: bool = False,
+    ):
         super().__init__()
         self.modalities = list(event_dims)
         self.event_adapters = nn.ModuleDict(
             {m: adapter(d, adapter_hidden, hidden_size) for m, d in event_dims.items()}
         )
+        self.time_embedding = None
+        if event_time:
+            # Shared by the modalities; the last layer starts at zero (training starts from the
+            # time-blind encoder), and its draws leave the global RNG alone, so every other weight
+            # starts exactly as without it (a fair ablation).
+            with torch.random.fork_rng(devices=[]):
+                self.time_embedding = nn.Sequential(
+                    nn.Linear(2, adapter_hidden), nn.GELU(), nn.Linear(adapter_hidden, hidden_size)
+                )
+            nn.init.zeros_(self.time_embedding[2].weight)
+            nn.init.zeros_(self.time_embedding[2].bias)
         self.modality_adapter = adapter(hidden_size, adapter_hidden, hidden_size)
         self.tabular_adapter = adapter(tabular_dim, adapter_hidden, hidden_size) if tabular_dim > 0 else None
         n_tokens = len(self.modalities) + (1 if tabular_dim > 0 else 0)
@@ -69,13 +102,20 @@ class HierarchicalUserEncoder(nn.Module):
         events: dict[str, torch.Tensor],
         event_mask: dict[str, torch.Tensor],
         tabular: torch.Tensor | None,
+        event_age: dict[str, torch.Tensor] | None = None,
     ) -> UserTokens:
         dtype = self.modality_adapter[1].weight.dtype
         ev_tokens, masks, mdl = {}, {}, {}
+        if self.time_embedding is not None and event_age is None:
+            raise KeyError(
+                "the model embeds event times but the batch has no 'event_age' (data without a cutoff?)"
+            )
         for m in self.modalities:
             if m not in events:
                 raise KeyError(f"batch has no events for modality '{m}' (it has {sorted(events)})")
             z = self.event_adapters[m](events[m].to(dtype))
+            if self.time_embedding is not None:
+                z = z + self.time_embedding(age_features(event_age[m].float()).to(dtype))
             ev_tokens[m], masks[m] = z, event_mask[m]
             mdl[m] = self.modality_adapter(masked_mean(z, event_mask[m]))
         if self.tabular_adapter is not None:

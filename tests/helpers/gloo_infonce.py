@@ -8,6 +8,7 @@ loss and the (DDP-averaged) gradients to ``{out}/rank{R}.pt``.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 
 import torch
@@ -24,7 +25,8 @@ def main() -> None:
     p.add_argument("--sizes", default="4,4", help="rows per rank")
     p.add_argument("--margin", type=float, default=None)
     args = p.parse_args()
-    dist.init_process_group("gloo")
+    # A stuck collective fails in a minute instead of hanging the test until its timeout.
+    dist.init_process_group("gloo", timeout=dt.timedelta(seconds=60))
     rank = dist.get_rank()
     sizes = [int(s) for s in args.sizes.split(",")]
     x_u, x_v = make_case(sum(sizes))
