@@ -98,6 +98,45 @@ def make_encoder(spec: str, *, dim: int = 64, pooling: str | None = None, device
     return HFEncoder(spec, pooling=pooling or "cls", device=device)
 
 
+class ReusingEncoder:
+    """Wraps an encoder: texts already encoded by the same encoder (``known``) are looked up, only
+    the others are encoded. Two builds of one log (pretraining and evaluation cutoffs) share most
+    texts; with a long-tailed vocabulary the text encoder is most of their cost."""
+
+    def __init__(self, encoder, known: dict[str, np.ndarray]) -> None:
+        self.encoder, self.known = encoder, known
+        self.name, self.dim = encoder.name, encoder.dim
+        self.reused = 0
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        todo = [i for i, t in enumerate(texts) if t not in self.known]
+        for i, t in enumerate(texts):
+            if t in self.known:
+                out[i] = self.known[t]
+        if todo:
+            out[todo] = self.encoder([texts[i] for i in todo])
+        self.reused += len(texts) - len(todo)
+        return out
+
+
+def known_vectors(other: str | Path, modality: str, encoder_name: str) -> dict[str, np.ndarray]:
+    """text -> vector of ``modality`` in another encoded data set, if ``encoder_name`` made them."""
+    other = Path(other)
+    entry = Manifest.load(other).files.get(f"{VECTORS_DIR}/{modality}.npy")
+    if (
+        entry is None
+        or entry.get("encoder") != encoder_name
+        or not (other / VECTORS_DIR / f"{modality}.npy").exists()
+    ):
+        return {}
+    texts = (
+        pq.read_table(other / "vocab" / f"{modality}.parquet", columns=["text"]).column("text").to_pylist()
+    )
+    vectors = load_vectors(other, modality)
+    return {t: vectors[i] for i, t in enumerate(texts)}
+
+
 def _encode_modality(root: Path, modality: str, encoder, batch_size: int) -> int:
     """Encode one vocabulary, resuming a partial run by the same encoder. Returns rows encoded now."""
     texts = pq.read_table(root / "vocab" / f"{modality}.parquet", columns=["text"]).column("text").to_pylist()
@@ -139,12 +178,16 @@ def encode_dataset(
     dim: int = 64,
     pooling: str | None = None,
     device: str = "cpu",
+    reuse: str | Path | None = None,
 ) -> dict:
-    """Fill every vocabulary of a built data set with vectors; record them in the manifest."""
+    """Fill every vocabulary of a built data set with vectors; record them in the manifest.
+
+    ``reuse``: another data set encoded by the same encoder; its texts' vectors are copied, not
+    recomputed."""
     root = Path(data)
     manifest = Manifest.load(root)
     encoder = make_encoder(spec, dim=dim, pooling=pooling, device=device)
-    encoded = {}
+    encoded, reused = {}, {}
     for m in manifest.event_modalities:
         rel = f"{VECTORS_DIR}/{m}.npy"
         entry = manifest.files.get(rel)
@@ -154,14 +197,17 @@ def encode_dataset(
             and (root / rel).exists()
             and sha256_file(root / rel) == entry["sha256"]
         ):
-            encoded[m] = 0  # already done by this encoder
+            encoded[m] = reused[m] = 0  # already done by this encoder
             continue
-        encoded[m] = _encode_modality(root, m, encoder, batch_size)
+        wrapped = ReusingEncoder(encoder, known_vectors(reuse, m, encoder.name) if reuse is not None else {})
+        encoded[m] = _encode_modality(root, m, wrapped, batch_size)
+        reused[m] = wrapped.reused
         manifest.files[rel] = {**file_entry(root, rel, manifest.counts["vocab"][m]), "encoder": encoder.name}
         manifest.save(root)  # after each modality, so a resumed run skips it
     manifest.encoders["active"] = {"name": encoder.name, "spec": spec, "dim": encoder.dim}
     manifest.save(root)
-    return {"data": str(root), "encoder": encoder.name, "dim": encoder.dim, "encoded_rows": encoded}
+    return {"data": str(root), "encoder": encoder.name, "dim": encoder.dim, "encoded_rows": encoded,
+            "reused_rows": reused}  # fmt: skip
 
 
 def load_vectors(root: str | Path, modality: str) -> np.ndarray:

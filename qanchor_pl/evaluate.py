@@ -27,6 +27,7 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 import torch
+from scipy import sparse
 from torchmetrics.functional.classification import binary_auroc, binary_roc
 
 from data_modules.atomic import atomic_path, write_json
@@ -70,17 +71,18 @@ def probe(
     if c == "cv" and np.bincount(y_train.astype(np.int64)).min() < 3:
         log.warning("probe: fewer than 3 users of a class in train; C = 1 without cross-validation")
         c = 1.0
+    # Sparse inputs are scaled without centring (which would densify them); with the probe's
+    # unpenalised intercept that is the same fit.
+    scaler = StandardScaler(with_mean=not sparse.issparse(x_train))
     if c != "cv":
-        clf = make_pipeline(
-            StandardScaler(), LogisticRegression(C=float(c), max_iter=2000, random_state=seed)
-        )
+        clf = make_pipeline(scaler, LogisticRegression(C=float(c), max_iter=2000, random_state=seed))
         clf.fit(x_train, y_train)
         return clf.predict_proba(x_test)[:, 1], float(c)
     folds = StratifiedKFold(n_splits=3, shuffle=True, random_state=seed)
     cv = LogisticRegressionCV(
         Cs=list(PROBE_CS), cv=folds, scoring="roc_auc", max_iter=2000, random_state=seed
     )
-    clf = make_pipeline(StandardScaler(), cv)
+    clf = make_pipeline(scaler, cv)
     clf.fit(x_train, y_train)
     return clf.predict_proba(x_test)[:, 1], float(cv.C_[0])
 
@@ -146,11 +148,28 @@ def _profiles(data: Path, manifest: Manifest) -> pl.DataFrame:
     return pl.concat([pl.read_parquet(data / n, columns=cols) for n in manifest.shard_files])
 
 
-def _with_tabular(blocks: list[np.ndarray], prof: pl.DataFrame, manifest: Manifest) -> dict:
-    """The per-modality blocks and the tabular features side by side, keyed "*" (every scenario)."""
+def _with_tabular(blocks: list, prof: pl.DataFrame, manifest: Manifest) -> dict:
+    """The per-modality blocks and the tabular features side by side, keyed "*" (every scenario).
+    Any sparse block makes the whole matrix sparse (CSR)."""
     tab = np.array(prof["tabular"].to_list(), dtype=np.float32) if manifest.tabular_features else None
-    mat = np.concatenate(blocks + ([tab] if tab is not None and tab.size else []), axis=1)
-    return {"*": (prof["user_id"].to_list(), mat)}
+    blocks = blocks + ([tab] if tab is not None and tab.size else [])
+    if any(sparse.issparse(b) for b in blocks):
+        return {"*": (prof["user_id"].to_list(), sparse.hstack(blocks, format="csr", dtype=np.float32))}
+    return {"*": (prof["user_id"].to_list(), np.concatenate(blocks, axis=1))}
+
+
+def _log_count_matrix(rows: list[np.ndarray], width: int) -> sparse.csr_matrix:
+    """log(1 + count) of each column id per row, sparse: a long-tailed vocabulary has ~10^5 texts,
+    far too wide for a dense users x texts matrix."""
+    lengths = [len(r) for r in rows]
+    coo = sparse.coo_matrix(
+        (np.ones(sum(lengths), dtype=np.float32),
+         (np.repeat(np.arange(len(rows)), lengths), np.concatenate(rows + [np.zeros(0, np.int64)]).astype(np.int64))),
+        shape=(len(rows), width),
+    )  # fmt: skip
+    counts = coo.tocsr()  # duplicates are summed
+    counts.data = np.log1p(counts.data)
+    return counts
 
 
 def mean_event_features(data: Path) -> dict[str, tuple[list[str], np.ndarray]]:
@@ -168,18 +187,15 @@ def mean_event_features(data: Path) -> dict[str, tuple[list[str], np.ndarray]]:
     return _with_tabular(blocks, prof, manifest)
 
 
-def event_count_features(data: Path) -> dict[str, tuple[list[str], np.ndarray]]:
-    """Per user: log(1 + count) of each vocabulary entry of each modality, plus tabular."""
+def event_count_features(data: Path) -> dict[str, tuple[list[str], Any]]:
+    """Per user: log(1 + count) of each vocabulary entry of each modality (sparse), plus tabular."""
     manifest = Manifest.load(data)
     prof = _profiles(data, manifest)
     blocks = []
     for m in manifest.event_modalities:
         size = pl.scan_parquet(data / "vocab" / f"{m}.parquet").select(pl.len()).collect().item()
-        counts = np.zeros((prof.height, size), dtype=np.float32)
-        for i, ids in enumerate(prof[f"ev_{m}"].to_list()):
-            if ids:
-                np.add.at(counts[i], np.asarray(ids), 1.0)
-        blocks.append(np.log1p(counts))
+        rows = [np.asarray(ids or [], dtype=np.int64) for ids in prof[f"ev_{m}"].to_list()]
+        blocks.append(_log_count_matrix(rows, size))
     return _with_tabular(blocks, prof, manifest)
 
 
@@ -205,7 +221,7 @@ def category_count_features(data: Path) -> dict[str, tuple[list[str], np.ndarray
 
 def time_window_features(
     data: Path, windows: tuple[int, ...] = TIME_WINDOWS, min_users: int = 2
-) -> dict[str, tuple[list[str], np.ndarray]]:
+) -> dict[str, tuple[list[str], Any]]:
     """The time-aware reference an engineer would build: for each window of the last ``w`` days
     before the cutoff, each modality's mean event vector and log(1 + count) of each vocabulary
     entry, all windows side by side, plus tabular. Count columns are kept for entries that at least
@@ -230,14 +246,14 @@ def time_window_features(
         column[kept] = np.arange(len(kept))
         for w in windows:
             means = np.zeros((prof.height, vec.shape[1]), dtype=np.float32)
-            counts = np.zeros((prof.height, len(kept)), dtype=np.float32)
+            count_rows = []
             for i, (row, age) in enumerate(zip(ids, ages)):
                 inside = row[age <= w]
                 if inside.size:
                     means[i] = vec[inside].mean(0)
-                    cols_i = column[inside]
-                    np.add.at(counts[i], cols_i[cols_i >= 0], 1.0)
-            blocks += [means, np.log1p(counts)]
+                cols_i = column[inside]
+                count_rows.append(cols_i[cols_i >= 0])
+            blocks += [means, _log_count_matrix(count_rows, len(kept))]
     return _with_tabular(blocks, prof, manifest)
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from data_modules.build import BuildConfig, build
 from data_modules.encode import HashEncoder, _encode_modality, encode_dataset, load_vectors
 from data_modules.manifest import Manifest
 
@@ -73,6 +75,27 @@ def test_finished_modalities_are_not_encoded_again(built, tmp_path):
     other = encode_dataset(root, "hash", dim=16)  # a different encoder re-encodes everything
     assert all(v > 0 for v in other["encoded_rows"].values())
     assert Manifest.load(root).encoders["active"]["dim"] == 16
+
+
+def test_a_second_build_reuses_the_texts_the_first_one_encoded(built, raw_world, tmp_path):
+    first = Manifest.load(built)
+    second = tmp_path / "earlier"
+    cutoff = (dt.datetime.fromisoformat(first.cutoff) - dt.timedelta(days=20)).isoformat()
+    build(BuildConfig(raw=str(raw_world), out=str(second), cutoff=cutoff, users_per_shard=100,
+                      row_group_size=32, tokenizer_vocab=1024))  # fmt: skip
+    out = encode_dataset(second, "hash", dim=32, reuse=built)
+    plain = tmp_path / "plain"
+    shutil.copytree(second, plain)
+    shutil.rmtree(plain / "vectors")
+    fresh = encode_dataset(plain, "hash", dim=32)
+    for m in first.event_modalities:
+        # the same vectors as encoding from scratch, texts in common copied, not encoded again
+        np.testing.assert_array_equal(load_vectors(second, m), load_vectors(plain, m))
+        texts = set(pq.read_table(second / "vocab" / f"{m}.parquet").column("text").to_pylist())
+        known = set(pq.read_table(built / "vocab" / f"{m}.parquet").column("text").to_pylist())
+        assert out["reused_rows"][m] == len(texts & known) and out["encoded_rows"][m] == len(texts)
+        assert fresh["reused_rows"][m] == 0
+    assert sum(out["reused_rows"].values()) > 0
 
 
 def test_minilm_encodes_offline_from_the_packaged_weights(built, tmp_path, monkeypatch):

@@ -6,10 +6,11 @@ import json
 
 import numpy as np
 import polars as pl
+from scipy import sparse
 
 from data_modules.encode import load_vectors
 from data_modules.manifest import Manifest
-from qanchor_pl.evaluate import auc_ks, event_count_features, profile_texts, time_window_features
+from qanchor_pl.evaluate import auc_ks, event_count_features, probe, profile_texts, time_window_features
 from tests.conftest import run_qanchor
 from tests.helpers.tb import scalars
 
@@ -37,6 +38,8 @@ def test_profile_texts_render_each_users_frequent_events(built):
 
 def test_event_counts_are_log1p_counts_of_each_history_text_then_tabular(built):
     users, mat = event_count_features(built)["*"]
+    assert sparse.issparse(mat)  # a long-tailed vocabulary would not fit dense
+    mat = mat.toarray()
     manifest = Manifest.load(built)
     shard = pl.read_parquet(built / manifest.shard_files[0])
     row = shard.row(0, named=True)
@@ -54,6 +57,7 @@ def test_event_counts_are_log1p_counts_of_each_history_text_then_tabular(built):
 
 def test_time_windows_are_mean_vectors_and_counts_over_the_last_days_then_tabular(built):
     users, mat = time_window_features(built, windows=(7, 30))["*"]
+    mat = mat.toarray()
     manifest = Manifest.load(built)
     shards = pl.concat([pl.read_parquet(built / n) for n in manifest.shard_files])
     cutoff = np.datetime64(manifest.cutoff.split("+")[0], "ms")
@@ -142,3 +146,16 @@ def test_probe_cross_validates_c_on_train_only_and_falls_back_on_rare_classes():
     rare = np.zeros(200, dtype=np.int64)
     rare[:2] = 1
     assert probe(x[:200], rare, x[200:], c="cv")[1] == 1.0  # 2 positives: no 3 folds, C = 1
+
+
+def test_the_probe_fits_sparse_counts_as_it_fits_the_same_counts_dense():
+    rng = np.random.default_rng(0)
+    x = np.log1p(rng.poisson(0.3, size=(300, 40)).astype(np.float32))
+    y = (x[:, :5].sum(1) + rng.normal(0, 0.5, 300) > 0.6).astype(np.int64)
+    dense, c_dense = probe(x[:200], y[:200], x[200:], c=1.0)
+    sparse_scores, _ = probe(sparse.csr_matrix(x[:200]), y[:200], sparse.csr_matrix(x[200:]), c=1.0)
+    # without centring the same model is reached (the intercept is not penalised), up to the
+    # solver's tolerance
+    assert np.abs(dense - sparse_scores).max() < 0.02 and c_dense == 1.0
+    a_dense, a_sparse = auc_ks(dense, y[200:])["auc"], auc_ks(sparse_scores, y[200:])["auc"]
+    assert abs(a_dense - a_sparse) < 0.005 and a_sparse > 0.7

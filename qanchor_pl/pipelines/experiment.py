@@ -210,7 +210,9 @@ def _data(cfg: ExperimentConfig, root: Path, split: TimeSplit) -> tuple[Path, Pa
                     history_days=cfg.history_days, future_days=cfg.future_days, max_events=parse_caps(cfg.max_events),
                     modalities=tuple(cfg.modalities.split(",")) if cfg.modalities else None, split_seed=cfg.seed,
                 ))  # fmt: skip
-            encode_dataset(data, cfg.encoder)  # skipped when already encoded by this encoder
+            # skipped when already encoded by this encoder; the second build copies the texts the
+            # first one encoded
+            encode_dataset(data, cfg.encoder, reuse=pretrain_data if data == eval_data else None)
     return pretrain_data, eval_data
 
 
