@@ -134,6 +134,8 @@ def _evaluate(args: argparse.Namespace) -> dict:
         profile_tokens=args.profile_tokens,
         compare=[tuple(pair) for pair in args.compare or []],
         probe_c=args.probe_c if args.probe_c == "cv" else float(args.probe_c),
+        split=args.split,
+        val_seed=args.val_seed,
     )
 
 
@@ -325,6 +327,13 @@ def _parser() -> argparse.ArgumentParser:
         "--compare", nargs=2, action="append", metavar=("A", "B"),
         help="rows A and B: paired-bootstrap 95%% interval of Avg AUC(A) - AUC(B); repeatable",
     )  # fmt: skip
+    ev.add_argument(
+        "--split", choices=["test", "validation"], default="test",
+        help="test: fit on train, score on test; validation: fit and score inside train (the tuning carve)",
+    )  # fmt: skip
+    ev.add_argument(
+        "--val-seed", type=int, default=0, help="the validation carve's seed (as the tuning data's)"
+    )
     ev.set_defaults(func=_evaluate)
 
     qs = sub.add_parser(

@@ -38,6 +38,8 @@ from qanchor_pl.significance import bootstrap_avg_auc, paired_delta
 
 log = logging.getLogger(__name__)
 BASELINES = ("minilm", "mean-events", "category-counts", "event-counts", "time-windows")
+#: Feature matrices up to this many cells (users x columns, 400 MB of float32) are kept dense.
+DENSE_LIMIT = 100_000_000
 #: The time-aware reference's windows: days before the cutoff.
 TIME_WINDOWS = (7, 30, 90)
 
@@ -94,16 +96,39 @@ def benchmark(data: Path, scenario: str) -> pl.DataFrame:
     return pl.read_parquet(path)
 
 
+def split_benchmark(
+    bench: pl.DataFrame, split: str, val_seed: int = 0, val_fraction: float = 0.2
+) -> pl.DataFrame:
+    """The benchmark with its ``split`` column as the probe reads it. ``test``: as built (fit on train,
+    score on test). ``validation``: the test users are dropped and the train users carved as prompt
+    tuning carves them (``data_modules.splits``): fit on the rest ("train"), score on the carve ("test").
+    Choices are made on ``validation``; the test split is read for the final table only."""
+    if split == "test":
+        return bench
+    if split != "validation":
+        raise ValueError(f"split must be 'test' or 'validation', got {split!r}")
+    from data_modules.splits import in_validation
+
+    train = bench.filter(pl.col("split") == "train")
+    carve = [in_validation(u, val_seed, val_fraction) for u in train["user_id"].to_list()]
+    return train.with_columns(pl.Series("split", ["test" if c else "train" for c in carve]))
+
+
 def evaluate_features(
-    features: dict[str, Any], data: Path, scenarios: list[str], probe_c: float | str = 1.0
+    features: dict[str, Any],
+    data: Path,
+    scenarios: list[str],
+    probe_c: float | str = 1.0,
+    split: str = "test",
+    val_seed: int = 0,
 ) -> tuple[dict[str, dict[str, float]], dict[str, tuple[np.ndarray, np.ndarray]]]:
     """Probe every scenario. ``features``: scenario -> (user ids, matrix) or one shared (ids, matrix).
-    Returns (scenario -> {auc, ks, probe_c}, scenario -> (test scores, test labels))."""
+    Returns (scenario -> {auc, ks, probe_c}, scenario -> (scores, labels) of the scored part)."""
     metrics, curves = {}, {}
     for name in scenarios:
         ids, mat = features[name] if name in features else features["*"]
         row = {u: i for i, u in enumerate(ids)}
-        bench = benchmark(data, name)
+        bench = split_benchmark(benchmark(data, name), split, val_seed)
         missing = [u for u in bench["user_id"].to_list() if u not in row]
         if missing:
             raise ValueError(
@@ -150,12 +175,17 @@ def _profiles(data: Path, manifest: Manifest) -> pl.DataFrame:
 
 def _with_tabular(blocks: list, prof: pl.DataFrame, manifest: Manifest) -> dict:
     """The per-modality blocks and the tabular features side by side, keyed "*" (every scenario).
-    Any sparse block makes the whole matrix sparse (CSR)."""
+
+    Dense when it fits :data:`DENSE_LIMIT` cells (the probe then centres every column, which the
+    solver needs to converge on mixed dense/count blocks); sparse CSR only beyond, as for a
+    long-tailed vocabulary's counts."""
     tab = np.array(prof["tabular"].to_list(), dtype=np.float32) if manifest.tabular_features else None
     blocks = blocks + ([tab] if tab is not None and tab.size else [])
-    if any(sparse.issparse(b) for b in blocks):
+    width = sum(b.shape[1] for b in blocks)
+    if any(sparse.issparse(b) for b in blocks) and prof.height * width > DENSE_LIMIT:
         return {"*": (prof["user_id"].to_list(), sparse.hstack(blocks, format="csr", dtype=np.float32))}
-    return {"*": (prof["user_id"].to_list(), np.concatenate(blocks, axis=1))}
+    dense = [b.toarray() if sparse.issparse(b) else b for b in blocks]
+    return {"*": (prof["user_id"].to_list(), np.concatenate(dense, axis=1).astype(np.float32, copy=False))}
 
 
 def _log_count_matrix(rows: list[np.ndarray], width: int) -> sparse.csr_matrix:
@@ -378,10 +408,14 @@ def run_evaluate(
     compare: list[tuple[str, str]] = (),
     n_boot: int = 1000,
     probe_c: float | str = 1.0,
+    split: str = "test",
+    val_seed: int = 0,
+    minilm_cache: str | None = None,
 ) -> dict[str, Any]:
     """Probe every row; ``compare`` lists (row A, row B) pairs whose Avg AUC difference gets a
     paired-bootstrap 95% interval (``metrics.json`` "comparisons"). Every row's Avg also gets
-    ``auc_se``, its bootstrap standard error."""
+    ``auc_se``, its bootstrap standard error. ``split="validation"`` probes the validation carve
+    of the train users instead of the test split (see :func:`split_benchmark`)."""
     data_dir, out_dir = Path(data), Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     known = [s.name for s in load_scenarios(data_dir / "scenarios.json")]
@@ -391,18 +425,18 @@ def run_evaluate(
         if b not in BASELINES:
             raise ValueError(f"unknown baseline {b!r}; known: {BASELINES}")
         if b == "minilm":
-            cache = out_dir / f"minilm-profile-{profile_tokens}tok.npy"
+            cache = Path(minilm_cache or out_dir) / f"minilm-profile-{profile_tokens}tok.npy"
             feats = minilm_features(data_dir, cache, max_tokens=profile_tokens)
         else:
             feats = {"mean-events": mean_event_features, "category-counts": category_count_features,
                      "event-counts": event_count_features, "time-windows": time_window_features}[b](data_dir)  # fmt: skip
-        metrics, curves[b] = evaluate_features(feats, data_dir, chosen, probe_c)
+        metrics, curves[b] = evaluate_features(feats, data_dir, chosen, probe_c, split, val_seed)
         rows[b] = with_average(metrics)
     projector = None
     for i, folder in enumerate(embeddings):
         name = names[i] if names and i < len(names) else Path(folder).name
         feats = embedding_features(Path(folder))
-        metrics, curves[name] = evaluate_features(feats, data_dir, chosen, probe_c)
+        metrics, curves[name] = evaluate_features(feats, data_dir, chosen, probe_c, split, val_seed)
         rows[name] = with_average(metrics)
         if projector is None:
             projector = _projector_sample(feats, data_dir, chosen, projector_users)
@@ -416,7 +450,8 @@ def run_evaluate(
             raise ValueError(f"compare: no row named {sorted(unknown)}; rows: {sorted(curves)}")
         delta = paired_delta(curves[a], curves[b], boot_a=boots.get(a), boot_b=boots.get(b))
         comparisons.append({"a": a, "b": b, **delta})
-    write_json(out_dir / "metrics.json", {"scenarios": chosen, "rows": rows, "comparisons": comparisons})
+    write_json(out_dir / "metrics.json",
+               {"split": split, "scenarios": chosen, "rows": rows, "comparisons": comparisons})  # fmt: skip
     with atomic_path(out_dir / "report.md") as tmp:
         tmp.write_text(markdown(rows, chosen) + comparisons_markdown(comparisons))
     log_tensorboard(out_dir, curves, projector)

@@ -38,8 +38,7 @@ def test_profile_texts_render_each_users_frequent_events(built):
 
 def test_event_counts_are_log1p_counts_of_each_history_text_then_tabular(built):
     users, mat = event_count_features(built)["*"]
-    assert sparse.issparse(mat)  # a long-tailed vocabulary would not fit dense
-    mat = mat.toarray()
+    assert not sparse.issparse(mat)  # small enough to stay dense (the probe centres it)
     manifest = Manifest.load(built)
     shard = pl.read_parquet(built / manifest.shard_files[0])
     row = shard.row(0, named=True)
@@ -57,7 +56,6 @@ def test_event_counts_are_log1p_counts_of_each_history_text_then_tabular(built):
 
 def test_time_windows_are_mean_vectors_and_counts_over_the_last_days_then_tabular(built):
     users, mat = time_window_features(built, windows=(7, 30))["*"]
-    mat = mat.toarray()
     manifest = Manifest.load(built)
     shards = pl.concat([pl.read_parquet(built / n) for n in manifest.shard_files])
     cutoff = np.datetime64(manifest.cutoff.split("+")[0], "ms")
@@ -148,6 +146,16 @@ def test_probe_cross_validates_c_on_train_only_and_falls_back_on_rare_classes():
     assert probe(x[:200], rare, x[200:], c="cv")[1] == 1.0  # 2 positives: no 3 folds, C = 1
 
 
+def test_wide_count_features_turn_sparse_beyond_the_dense_limit(built, monkeypatch):
+    import qanchor_pl.evaluate as ev
+
+    dense_users, dense = event_count_features(built)["*"]
+    monkeypatch.setattr(ev, "DENSE_LIMIT", 10)  # as if the vocabulary were long-tailed
+    sparse_users, wide = ev.event_count_features(built)["*"]
+    assert sparse.issparse(wide) and sparse_users == dense_users
+    np.testing.assert_array_equal(wide.toarray(), dense)
+
+
 def test_the_probe_fits_sparse_counts_as_it_fits_the_same_counts_dense():
     rng = np.random.default_rng(0)
     x = np.log1p(rng.poisson(0.3, size=(300, 40)).astype(np.float32))
@@ -159,3 +167,16 @@ def test_the_probe_fits_sparse_counts_as_it_fits_the_same_counts_dense():
     assert np.abs(dense - sparse_scores).max() < 0.02 and c_dense == 1.0
     a_dense, a_sparse = auc_ks(dense, y[200:])["auc"], auc_ks(sparse_scores, y[200:])["auc"]
     assert abs(a_dense - a_sparse) < 0.005 and a_sparse > 0.7
+
+
+def test_the_validation_split_is_the_tuning_carve_of_the_train_users_only(built):
+    from data_modules.splits import in_validation
+    from qanchor_pl.evaluate import benchmark, split_benchmark
+
+    bench = benchmark(built, "Takeout")
+    val = split_benchmark(bench, "validation", val_seed=3)
+    train = bench.filter(pl.col("split") == "train")
+    assert set(val["user_id"]) == set(train["user_id"])  # no test user is read
+    carved = {u for u in train["user_id"] if in_validation(u, 3, 0.2)}
+    assert set(val.filter(pl.col("split") == "test")["user_id"]) == carved and 0 < len(carved) < train.height
+    assert split_benchmark(bench, "test").equals(bench)

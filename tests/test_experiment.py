@@ -60,6 +60,10 @@ def test_experiment_on_own_logs_end_to_end(other_raw, tmp_path):
     ]  # fmt: skip
     assert {(c["a"], c["b"]) for c in report["comparisons"]} >= {("Q-Anchor (base)", "Mean event vectors + tabular"),
                                                                 ("w/o NTP", "Q-Anchor (base)")}  # fmt: skip
+    # the validation table: every row, probed inside the train users only
+    assert list(report["validation"]["table"]) == list(report["table"])
+    assert json.loads((out / "validation" / "metrics.json").read_text())["split"] == "validation"
+    assert "**Validation vs test**" in (out / "report.md").read_text()
     assert report["config"]["threads"] == 2  # pinned: the table does not depend on the machine's cores
     split = report["time_split"]
     assert split["pretrain_cutoff"] < split["eval_cutoff"] < split["label_end"]

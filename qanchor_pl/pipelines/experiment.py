@@ -315,6 +315,18 @@ def comparisons(variants: list[str]) -> list[tuple[str, str]]:
             *((VARIANTS[v][0], BASE) for v in variants if v != "base")]  # fmt: skip
 
 
+def validation_markdown(val_rows: dict[str, Any], test_rows: dict[str, Any]) -> str:
+    """Avg AUC per row on the validation carve (where choices are made) beside the test split."""
+    lines = ["**Validation vs test** (Avg AUC; validation = a 20 % carve of the train users, probe fitted",
+             "on the rest; choices are made on it, the test split is read for the table only)", "",
+             "| Method | Validation | Test |", "|---|---|---|"]  # fmt: skip
+    for name, row in val_rows.items():
+        val, test = row["Avg"]["auc"], test_rows.get(name, {}).get("Avg", {}).get("auc")
+        cell = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+        lines.append(f"| {name} | {cell(val)} | {cell(test)} |")
+    return "\n".join(lines) + "\n"
+
+
 def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     """Run (or resume) every stage, with ``cfg.threads`` compute threads; returns where the report is
     and the total time."""
@@ -357,17 +369,27 @@ def _run(cfg: ExperimentConfig) -> dict[str, Any]:
             rows[VARIANTS[name][0]] = _embed(cfg, root, data, exports[name], name, None)
     rows[UNPRETRAINED] = _embed(cfg, root, data, untrained, "no-pretrain-tuned", tuned_untrained)
     pairs = [(a, b) for a, b in comparisons(variants) if b not in BASELINES or b in baselines]
-    with Stage(cfg, "evaluate"):
-        run_evaluate(embeddings=[str(p) for p in rows.values()], names=list(rows), data=str(data),
-                     out=str(root / "report"), baselines=baselines, profile_tokens=cfg.profile_tokens,
-                     compare=pairs, probe_c=cfg.probe_c if cfg.probe_c == "cv" else float(cfg.probe_c))  # fmt: skip
+    probe_c = cfg.probe_c if cfg.probe_c == "cv" else float(cfg.probe_c)
+    # Validation first (the figures choices are made on), then the test split, read for the table.
+    for split, folder in (("validation", "validation"), ("test", "report")):
+        with Stage(cfg, f"evaluate ({split})"):
+            run_evaluate(embeddings=[str(p) for p in rows.values()], names=list(rows), data=str(data),
+                         out=str(root / folder), baselines=baselines, profile_tokens=cfg.profile_tokens,
+                         compare=pairs, probe_c=probe_c, split=split, val_seed=cfg.seed,
+                         minilm_cache=str(root / "report"))  # fmt: skip
+    validation = json.loads((root / "validation" / "metrics.json").read_text())
     metrics = json.loads((root / "report" / "metrics.json").read_text())
     table_rows = {BASELINE_ROWS.get(k, k): v for k, v in metrics["rows"].items()}
     compared = [{**c, "a": BASELINE_ROWS.get(c["a"], c["a"]), "b": BASELINE_ROWS.get(c["b"], c["b"])}
                 for c in metrics["comparisons"]]  # fmt: skip
-    table = markdown(table_rows, metrics["scenarios"]) + "\n" + comparisons_markdown(compared)
+    val_rows = {BASELINE_ROWS.get(k, k): v for k, v in validation["rows"].items()}
+    val_compared = [{**c, "a": BASELINE_ROWS.get(c["a"], c["a"]), "b": BASELINE_ROWS.get(c["b"], c["b"])}
+                    for c in validation["comparisons"]]  # fmt: skip
+    table = (markdown(table_rows, metrics["scenarios"]) + "\n" + comparisons_markdown(compared) + "\n"
+             + validation_markdown(val_rows, table_rows))  # fmt: skip
     total = round(time.perf_counter() - t0, 1)
     report = {"table": table_rows, "comparisons": compared, "scenarios": metrics["scenarios"],
+              "validation": {"table": val_rows, "comparisons": val_compared},
               "time_split": {k: v.isoformat() for k, v in asdict(split).items()},
               "timings_s": cfg.timings, "total_s": total,
               "config": {k: v for k, v in asdict(cfg).items() if k != "timings"}}  # fmt: skip
