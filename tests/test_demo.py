@@ -35,7 +35,9 @@ def test_fast_demo_end_to_end(tmp_path):
     assert ("Q-Anchor (base)", "Mean event vectors + tabular") in pairs and len(pairs) == 12
     assert all(c["lo"] <= c["hi"] for c in report["comparisons"])
     md = (out / "report.md").read_text()
-    assert md.count("| Q-Anchor (prompt-tuned) | 0.") == 2 and "- total:" in md  # AUC and KS tables
+    # AUC and KS tables, and the validation-vs-test table
+    assert md.count("| Q-Anchor (prompt-tuned) | 0.") == 3 and "- total:" in md
+    assert list(report["validation"]["table"]) == ROWS
     assert "| Q-Anchor (prompt-tuned) | Q-Anchor (base) | " in md  # ... and the paired differences
     # one TensorBoard root, runs named by what they are
     for run in ("pretrain/base", "pretrain/no-ntp", "tune/base/Takeout", "tune/no-pretrain/Takeout"):
