@@ -35,7 +35,9 @@ class DemoConfig:
 
     @classmethod
     def fast(cls, out: str) -> DemoConfig:
-        return cls(out=out, users=800, pretrain_steps=30, tune_steps=10, tune_batch=32)
+        # A fixed probe C: the cross-validated probe costs minutes per wide row (the end-to-end
+        # test checks the wiring; the probe's CV has its own tests).
+        return cls(out=out, users=800, pretrain_steps=30, tune_steps=10, tune_batch=32, probe_c="1.0")
 
     @classmethod
     def from_options(cls, out: str, *, fast: bool = False, **overrides: int | None) -> DemoConfig:

@@ -53,6 +53,8 @@ def auc_ks(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
 
 #: The probe's regularisation grid (inverse strength C), chosen per row and scenario on train.
 PROBE_CS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+#: Solver iterations per C in the cross-validated probe.
+PROBE_CV_MAX_ITER = 2000
 
 
 def probe(
@@ -82,7 +84,7 @@ def probe(
         return clf.predict_proba(x_test)[:, 1], float(c)
     folds = StratifiedKFold(n_splits=3, shuffle=True, random_state=seed)
     cv = LogisticRegressionCV(
-        Cs=list(PROBE_CS), cv=folds, scoring="roc_auc", max_iter=2000, random_state=seed
+        Cs=list(PROBE_CS), cv=folds, scoring="roc_auc", max_iter=PROBE_CV_MAX_ITER, random_state=seed
     )
     clf = make_pipeline(scaler, cv)
     clf.fit(x_train, y_train)

@@ -22,7 +22,7 @@ ROWS = ["General text embedding (MiniLM, profile text)", "Mean event vectors + t
 @pytest.mark.slow
 def test_fast_demo_end_to_end(tmp_path):
     out = tmp_path / "demo"
-    proc = run_qanchor("demo", "--fast", "--out", str(out))
+    proc = run_qanchor("demo", "--fast", "--out", str(out), timeout=1800)  # the whole pipeline: generous
     assert (
         "[experiment] stage timings:" in proc.stderr
         and "[experiment] time split: data 2026-01-01" in proc.stderr
@@ -51,7 +51,7 @@ def test_fast_demo_end_to_end(tmp_path):
     for run in ("pretrain/base", "pretrain/no-structural"):
         config = yaml.safe_load((out / run / "tensorboard" / "run" / "config.yaml").read_text())
         assert config["data"]["data"] == str(out / "data-pretrain"), run
-    again = run_qanchor("demo", "--fast", "--out", str(out))  # every stage is found done
+    again = run_qanchor("demo", "--fast", "--out", str(out), timeout=1800)  # every stage is found done
     assert "pretrain base ..." not in again.stderr
 
 

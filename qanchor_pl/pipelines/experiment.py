@@ -371,11 +371,11 @@ def _run(cfg: ExperimentConfig) -> dict[str, Any]:
     pairs = [(a, b) for a, b in comparisons(variants) if b not in BASELINES or b in baselines]
     probe_c = cfg.probe_c if cfg.probe_c == "cv" else float(cfg.probe_c)
     # Validation first (the figures choices are made on), then the test split, read for the table.
-    for split, folder in (("validation", "validation"), ("test", "report")):
-        with Stage(cfg, f"evaluate ({split})"):
+    for part, folder in (("validation", "validation"), ("test", "report")):
+        with Stage(cfg, f"evaluate ({part})"):
             run_evaluate(embeddings=[str(p) for p in rows.values()], names=list(rows), data=str(data),
                          out=str(root / folder), baselines=baselines, profile_tokens=cfg.profile_tokens,
-                         compare=pairs, probe_c=probe_c, split=split, val_seed=cfg.seed,
+                         compare=pairs, probe_c=probe_c, split=part, val_seed=cfg.seed,
                          minilm_cache=str(root / "report"))  # fmt: skip
     validation = json.loads((root / "validation" / "metrics.json").read_text())
     metrics = json.loads((root / "report" / "metrics.json").read_text())
