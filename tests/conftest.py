@@ -55,7 +55,11 @@ def torchrun_env() -> dict:
 def run_qanchor(*args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run the real console entry point in a subprocess."""
     proc = subprocess.run(
-        [sys.executable, "-m", "qanchor_pl.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "qanchor_pl.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"qanchor {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
