@@ -34,6 +34,7 @@ from data_modules.atomic import atomic_path, write_json
 from data_modules.encode import load_vectors
 from data_modules.manifest import Manifest
 from data_modules.scenarios import load_scenarios
+from qanchor_pl.probe import probe
 from qanchor_pl.significance import bootstrap_avg_auc, paired_delta
 
 log = logging.getLogger(__name__)
@@ -49,46 +50,6 @@ def auc_ks(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     s, y = torch.from_numpy(scores).float(), torch.from_numpy(labels).long()
     fpr, tpr, _ = binary_roc(s, y)
     return {"auc": float(binary_auroc(s, y)), "ks": float((tpr - fpr).max())}
-
-
-#: The probe's regularisation grid (inverse strength C), chosen per row and scenario on train.
-PROBE_CS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
-#: Solver iterations per C in the cross-validated probe.
-PROBE_CV_MAX_ITER = 2000
-
-
-def probe(
-    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, seed: int = 0, c: float | str = 1.0
-) -> tuple[np.ndarray, float]:
-    """Positive-class scores of a standardised logistic regression fitted on the train split, and its C.
-
-    ``c="cv"``: C chosen by 3-fold stratified cross-validation (ROC AUC) on the train split only,
-    for every row alike (a fixed C = 1 under-regularises wide features, i.e. the baselines); with
-    fewer than 3 users of a class in train it falls back to C = 1 (logged). A number fixes C."""
-    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
-    from sklearn.model_selection import StratifiedKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    if len(np.unique(y_train)) < 2:
-        raise ValueError("the train split has a single class; the probe cannot be fitted")
-    if c == "cv" and np.bincount(y_train.astype(np.int64)).min() < 3:
-        log.warning("probe: fewer than 3 users of a class in train; C = 1 without cross-validation")
-        c = 1.0
-    # Sparse inputs are scaled without centring (which would densify them); with the probe's
-    # unpenalised intercept that is the same fit.
-    scaler = StandardScaler(with_mean=not sparse.issparse(x_train))
-    if c != "cv":
-        clf = make_pipeline(scaler, LogisticRegression(C=float(c), max_iter=2000, random_state=seed))
-        clf.fit(x_train, y_train)
-        return clf.predict_proba(x_test)[:, 1], float(c)
-    folds = StratifiedKFold(n_splits=3, shuffle=True, random_state=seed)
-    cv = LogisticRegressionCV(
-        Cs=list(PROBE_CS), cv=folds, scoring="roc_auc", max_iter=PROBE_CV_MAX_ITER, random_state=seed
-    )
-    clf = make_pipeline(scaler, cv)
-    clf.fit(x_train, y_train)
-    return clf.predict_proba(x_test)[:, 1], float(cv.C_[0])
 
 
 def benchmark(data: Path, scenario: str) -> pl.DataFrame:

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import polars as pl
+import pytest
 from scipy import sparse
 
 from data_modules.encode import load_vectors
@@ -133,7 +134,7 @@ def test_kv_cache_bench_reports_speedups():
 
 
 def test_probe_cross_validates_c_on_train_only_and_falls_back_on_rare_classes():
-    from qanchor_pl.evaluate import PROBE_CS, probe
+    from qanchor_pl.probe import PROBE_CS
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((300, 40))
@@ -144,6 +145,30 @@ def test_probe_cross_validates_c_on_train_only_and_falls_back_on_rare_classes():
     rare = np.zeros(200, dtype=np.int64)
     rare[:2] = 1
     assert probe(x[:200], rare, x[200:], c="cv")[1] == 1.0  # 2 positives: no 3 folds, C = 1
+
+
+@pytest.mark.parametrize("as_sparse", [False, True])
+def test_the_row_span_rotation_of_wide_features_leaves_the_fitted_probe_unchanged(as_sparse):
+    """An L2 logistic regression's weights lie in the row span of its train matrix: fitting in the
+    rotated coordinates (fewer columns) must give the same scores, dense (SVD) and sparse (Gram)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from qanchor_pl.probe import row_span_rotation
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 900)) * (rng.random((300, 900)) < 0.05)
+    y = (x @ rng.standard_normal(900) + rng.normal(0, 2, 300) > 0).astype(np.int64)
+    train, test = (
+        (sparse.csr_matrix(x[:200]), sparse.csr_matrix(x[200:])) if as_sparse else (x[:200], x[200:])
+    )
+    rotate = row_span_rotation(train)
+    assert rotate(train).shape == (200, 200)  # 900 columns -> the rank of 200 train rows
+    for c in (0.01, 1.0):
+        fit = LogisticRegression(C=c, solver="newton-cg", tol=1e-12, max_iter=1000)
+        plain = fit.fit(train, y[:200]).predict_proba(test)[:, 1]
+        rotated = fit.fit(rotate(train), y[:200]).predict_proba(rotate(test))[:, 1]
+        assert np.abs(plain - rotated).max() < 1e-7
+    assert row_span_rotation(x[:, :150]) is None  # not wider than tall: nothing to save
 
 
 def test_wide_count_features_turn_sparse_beyond_the_dense_limit(built, monkeypatch):
