@@ -77,6 +77,7 @@ class PretrainModule(L.LightningModule):
             the contrastive loss trains the head, else ``hidden`` (an untrained head is noise).
         head_residual: add a learned path from the pooled modality tokens into the head's input.
         event_time: embed each event's age before the data's cutoff into its token.
+        event_counts: embed each modality's event count into its token.
         lr, weight_decay, betas, warmup_steps, min_lr_ratio: AdamW with linear warmup then cosine
             decay to ``lr * min_lr_ratio`` at ``trainer.max_steps``.
         seed: seeds the per-step RNG (dropout).
@@ -97,6 +98,7 @@ class PretrainModule(L.LightningModule):
         embedding: str | None = None,
         head_residual: bool = False,
         event_time: bool = False,
+        event_counts: bool = False,
         contrastive: ContrastiveSpec = ContrastiveSpec(),
         ntp_weight: float = 1.0,
         lr: float = 2e-4,
@@ -146,6 +148,7 @@ class PretrainModule(L.LightningModule):
             embedding=h.embedding or ("head" if self.contrastive.enabled else "hidden"),
             head_residual=h.head_residual,
             event_time=h.event_time,
+            event_counts=h.event_counts,
         )
 
     def _build(self, inputs: DataInputs) -> None:

@@ -80,6 +80,8 @@ class QAnchorConfig:
     head_residual: bool = False
     # Embed each event's age before the cutoff into its token (recency; see user_encoder.py).
     event_time: bool = False
+    # Embed each modality's event count into its token (the mean pooling is blind to it).
+    event_counts: bool = False
 
     def __post_init__(self) -> None:
         if self.embedding not in ("head", "hidden"):

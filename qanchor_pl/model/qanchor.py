@@ -76,6 +76,7 @@ class QAnchorModel(nn.Module):
             hidden,
             config.adapter_hidden or hidden,
             event_time=config.event_time,
+            event_counts=config.event_counts,
         )
         names = [USER_EMB]
         if config.user_marker:

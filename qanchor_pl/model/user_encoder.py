@@ -7,6 +7,9 @@ user token      z_usr      = MLP_usr(LN([z_mdl[1]; ...; z_tab]))  over all modal
 All outputs live in the LLM's hidden size and enter it through ``inputs_embeds``.
 With ``event_time``, each event token also gets a learned embedding of its age before the cutoff
 (added, like a position embedding): the LLM can then weigh recent events over old ones.
+With ``event_counts``, each modality token also gets a learned embedding of how many events it
+pools: the masked mean and the LayerNorm in front of every adapter are blind to the count, which
+is the strongest single statistic of activity (log counts per category beat mean event vectors).
 """
 
 from __future__ import annotations
@@ -36,6 +39,27 @@ def age_features(age_days: torch.Tensor) -> torch.Tensor:
     )
 
 
+#: Counts are given to the count embedding as log1p(n) / log1p(COUNT_SCALE) and [n > 0].
+COUNT_SCALE = 64.0
+
+
+def count_features(mask: torch.Tensor) -> torch.Tensor:
+    """[B, K] event mask -> [B, 2] features of order 1 of the number of events."""
+    n = mask.float().sum(1)
+    return torch.stack([torch.log1p(n) / torch.log1p(torch.tensor(COUNT_SCALE)), (n > 0).float()], -1)
+
+
+def closed_embedding(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
+    """Linear -> GELU -> Linear whose last layer starts at zero (training starts from the model
+    without it), drawn without touching the global RNG, so every other weight starts exactly as
+    without it (a fair ablation)."""
+    with torch.random.fork_rng(devices=[]):
+        net = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+    nn.init.zeros_(net[2].weight)
+    nn.init.zeros_(net[2].bias)
+    return net
+
+
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over dim 1 of ``x`` [B, K, H] where ``mask`` [B, K]; zeros for a user with no events."""
     w = mask.to(x.dtype).unsqueeze(-1)
@@ -61,6 +85,7 @@ class HierarchicalUserEncoder(nn.Module):
         hidden_size: the LLM's hidden size (output size of every adapter).
         adapter_hidden: inner width of the adapters.
         event_time: add a learned embedding of each event's age (needs ``event_age`` in forward).
+        event_counts: add a learned embedding of each modality's event count to its token.
     """
 
     def __init__(
@@ -70,23 +95,16 @@ class HierarchicalUserEncoder(nn.Module):
         hidden_size: int,
         adapter_hidden: int,
         event_time: bool = False,
+        event_counts: bool = False,
     ):
         super().__init__()
         self.modalities = list(event_dims)
         self.event_adapters = nn.ModuleDict(
             {m: adapter(d, adapter_hidden, hidden_size) for m, d in event_dims.items()}
         )
-        self.time_embedding = None
-        if event_time:
-            # Shared by the modalities; the last layer starts at zero (training starts from the
-            # time-blind encoder), and its draws leave the global RNG alone, so every other weight
-            # starts exactly as without it (a fair ablation).
-            with torch.random.fork_rng(devices=[]):
-                self.time_embedding = nn.Sequential(
-                    nn.Linear(2, adapter_hidden), nn.GELU(), nn.Linear(adapter_hidden, hidden_size)
-                )
-            nn.init.zeros_(self.time_embedding[2].weight)
-            nn.init.zeros_(self.time_embedding[2].bias)
+        # Shared by the modalities, closed at init (see closed_embedding).
+        self.time_embedding = closed_embedding(2, adapter_hidden, hidden_size) if event_time else None
+        self.count_embedding = closed_embedding(2, adapter_hidden, hidden_size) if event_counts else None
         self.modality_adapter = adapter(hidden_size, adapter_hidden, hidden_size)
         self.tabular_adapter = adapter(tabular_dim, adapter_hidden, hidden_size) if tabular_dim > 0 else None
         n_tokens = len(self.modalities) + (1 if tabular_dim > 0 else 0)
@@ -118,6 +136,8 @@ class HierarchicalUserEncoder(nn.Module):
                 z = z + self.time_embedding(age_features(event_age[m].float()).to(dtype))
             ev_tokens[m], masks[m] = z, event_mask[m]
             mdl[m] = self.modality_adapter(masked_mean(z, event_mask[m]))
+            if self.count_embedding is not None:
+                mdl[m] = mdl[m] + self.count_embedding(count_features(event_mask[m]).to(dtype))
         if self.tabular_adapter is not None:
             if tabular is None:
                 raise KeyError("the model has a tabular adapter but the batch has no 'tabular' tensor")

@@ -42,6 +42,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "wide-head": ("+ wider head (inner 1024)", ["--model.head_hidden", "1024"]),
     "learnable-tau": ("+ learnable temperature", ["--model.contrastive.learnable_temperature", "true"]),
     "event-time": ("+ event ages in the event tokens", ["--model.event_time", "true"]),
+    "event-counts": ("+ event counts in the modality tokens", ["--model.event_counts", "true"]),
 }
 # evaluate's baseline name -> table row
 BASELINE_ROWS = {
