@@ -10,7 +10,8 @@ from tests.helpers.tiny import model_for
 
 
 @pytest.mark.parametrize(
-    "variant", [{}, {"head_residual": True}, {"embedding": "hidden"}, {"event_time": True}, {"event_counts": True}]
+    "variant",
+    [{}, {"head_residual": True}, {"embedding": "hidden"}, {"event_time": True}, {"event_counts": True}],
 )
 def test_cached_embeddings_equal_full_sequence_for_every_query_and_prompt(model_data, variant):
     inputs, batch = model_data
