@@ -98,19 +98,19 @@ def evaluate_features(
                 f"scenario '{name}': {len(missing)} benchmark users have no embedding (e.g. {missing[:3]})"
             )
         parts = {}
-        for split in ("train", "test"):
-            b = bench.filter(pl.col("split") == split)
+        for part in ("train", "test"):  # (not `split`: that names the table being made)
+            b = bench.filter(pl.col("split") == part)
             idx = np.array([row[u] for u in b["user_id"].to_list()])
-            parts[split] = (mat[idx], b["label"].to_numpy().astype(np.int64))
+            parts[part] = (mat[idx], b["label"].to_numpy().astype(np.int64))
         test_labels = parts["test"][1]
         if len(np.unique(test_labels)) < 2:
             # AUC and KS are undefined: the cell reads n/a and the average skips it
-            log.warning("scenario '%s': the test split has only label %d (%d users); AUC/KS undefined",
+            log.warning("scenario '%s': the scored split has only label %d (%d users); AUC/KS undefined",
                         name, int(test_labels[0]) if len(test_labels) else -1, len(test_labels))  # fmt: skip
             metrics[name] = {"auc": None, "ks": None}
             continue
         scores, c = probe(parts["train"][0], parts["train"][1], parts["test"][0], c=probe_c)
-        metrics[name] = {**auc_ks(scores, test_labels), "probe_c": c}
+        metrics[name] = {**auc_ks(scores, test_labels), "probe_c": c, "users": int(len(test_labels))}
         curves[name] = (scores, test_labels)
     return metrics, curves
 

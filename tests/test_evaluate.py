@@ -11,6 +11,7 @@ from scipy import sparse
 
 from data_modules.encode import load_vectors
 from data_modules.manifest import Manifest
+from data_modules.scenarios import load_scenarios
 from qanchor_pl.evaluate import auc_ks, event_count_features, probe, profile_texts, time_window_features
 from tests.conftest import run_qanchor
 from tests.helpers.tb import scalars
@@ -205,3 +206,17 @@ def test_the_validation_split_is_the_tuning_carve_of_the_train_users_only(built)
     carved = {u for u in train["user_id"] if in_validation(u, 3, 0.2)}
     assert set(val.filter(pl.col("split") == "test")["user_id"]) == carved and 0 < len(carved) < train.height
     assert split_benchmark(bench, "test").equals(bench)
+
+
+def test_every_scenario_of_a_validation_table_scores_its_carve_and_never_a_test_user(built):
+    """Each scenario's cell is scored on that scenario's validation carve: the loop over scenarios
+    must not fall back to the test split after the first one (it once did, through a shadowed name)."""
+    from qanchor_pl.evaluate import benchmark, evaluate_features, mean_event_features, split_benchmark
+
+    scenarios = [s.name for s in load_scenarios(built / "scenarios.json")][:3]
+    metrics, curves = evaluate_features(mean_event_features(built), built, scenarios, split="validation")
+    for name in scenarios:
+        carve = split_benchmark(benchmark(built, name), "validation", 0).filter(pl.col("split") == "test")
+        assert metrics[name]["users"] == carve.height
+        if name in curves:
+            np.testing.assert_array_equal(curves[name][1], carve["label"].to_numpy())

@@ -43,6 +43,13 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "learnable-tau": ("+ learnable temperature", ["--model.contrastive.learnable_temperature", "true"]),
     "event-time": ("+ event ages in the event tokens", ["--model.event_time", "true"]),
     "event-counts": ("+ event counts in the modality tokens", ["--model.event_counts", "true"]),
+    "time-counts": (
+        "+ event ages and event counts",
+        ["--model.event_time", "true", "--model.event_counts", "true"],
+    ),
+    # The contrastive loss on the L2-normalised <USER_EMB> hidden state itself (no head): the NTP-only
+    # model's hidden state beat the contrastive head's output on validation.
+    "no-head": ("u = <USER_EMB> hidden state, contrastive on it (no head)", ["--model.embedding", "hidden"]),
 }
 # evaluate's baseline name -> table row
 BASELINE_ROWS = {
@@ -316,14 +323,26 @@ def comparisons(variants: list[str]) -> list[tuple[str, str]]:
             *((VARIANTS[v][0], BASE) for v in variants if v != "base")]  # fmt: skip
 
 
+def _named(metrics_file: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(rows, comparisons) of an evaluate output with baseline names turned into table rows."""
+    metrics = json.loads(metrics_file.read_text())
+    rows = {BASELINE_ROWS.get(k, k): v for k, v in metrics["rows"].items()}
+    named = [{**c, "a": BASELINE_ROWS.get(c["a"], c["a"]), "b": BASELINE_ROWS.get(c["b"], c["b"])}
+             for c in metrics["comparisons"]]  # fmt: skip
+    return rows, named
+
+
 def validation_markdown(val_rows: dict[str, Any], test_rows: dict[str, Any]) -> str:
     """Avg AUC per row on the validation carve (where choices are made) beside the test split."""
     lines = ["**Validation vs test** (Avg AUC; validation = a 20 % carve of the train users, probe fitted",
              "on the rest; choices are made on it, the test split is read for the table only)", "",
              "| Method | Validation | Test |", "|---|---|---|"]  # fmt: skip
+
+    def cell(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.4f}"
+
     for name, row in val_rows.items():
         val, test = row["Avg"]["auc"], test_rows.get(name, {}).get("Avg", {}).get("auc")
-        cell = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
         lines.append(f"| {name} | {cell(val)} | {cell(test)} |")
     return "\n".join(lines) + "\n"
 
@@ -378,14 +397,9 @@ def _run(cfg: ExperimentConfig) -> dict[str, Any]:
                          out=str(root / folder), baselines=baselines, profile_tokens=cfg.profile_tokens,
                          compare=pairs, probe_c=probe_c, split=part, val_seed=cfg.seed,
                          minilm_cache=str(root / "report"))  # fmt: skip
-    validation = json.loads((root / "validation" / "metrics.json").read_text())
+    val_rows, val_compared = _named(root / "validation" / "metrics.json")
+    table_rows, compared = _named(root / "report" / "metrics.json")
     metrics = json.loads((root / "report" / "metrics.json").read_text())
-    table_rows = {BASELINE_ROWS.get(k, k): v for k, v in metrics["rows"].items()}
-    compared = [{**c, "a": BASELINE_ROWS.get(c["a"], c["a"]), "b": BASELINE_ROWS.get(c["b"], c["b"])}
-                for c in metrics["comparisons"]]  # fmt: skip
-    val_rows = {BASELINE_ROWS.get(k, k): v for k, v in validation["rows"].items()}
-    val_compared = [{**c, "a": BASELINE_ROWS.get(c["a"], c["a"]), "b": BASELINE_ROWS.get(c["b"], c["b"])}
-                    for c in validation["comparisons"]]  # fmt: skip
     table = (markdown(table_rows, metrics["scenarios"]) + "\n" + comparisons_markdown(compared) + "\n"
              + validation_markdown(val_rows, table_rows))  # fmt: skip
     total = round(time.perf_counter() - t0, 1)
