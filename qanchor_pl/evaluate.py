@@ -19,6 +19,7 @@ columns, average last, one table for AUC and one for KS) and TensorBoard (ROC cu
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -84,35 +85,55 @@ def evaluate_features(
     probe_c: float | str = 1.0,
     split: str = "test",
     val_seed: int = 0,
+    jobs: int | None = None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, tuple[np.ndarray, np.ndarray]]]:
     """Probe every scenario. ``features``: scenario -> (user ids, matrix) or one shared (ids, matrix).
-    Returns (scenario -> {auc, ks, probe_c}, scenario -> (scores, labels) of the scored part)."""
-    metrics, curves = {}, {}
-    for name in scenarios:
-        ids, mat = features[name] if name in features else features["*"]
-        row = {u: i for i, u in enumerate(ids)}
-        bench = split_benchmark(benchmark(data, name), split, val_seed)
-        missing = [u for u in bench["user_id"].to_list() if u not in row]
-        if missing:
-            raise ValueError(
-                f"scenario '{name}': {len(missing)} benchmark users have no embedding (e.g. {missing[:3]})"
-            )
-        parts = {}
-        for part in ("train", "test"):  # (not `split`: that names the table being made)
-            b = bench.filter(pl.col("split") == part)
-            idx = np.array([row[u] for u in b["user_id"].to_list()])
-            parts[part] = (mat[idx], b["label"].to_numpy().astype(np.int64))
-        test_labels = parts["test"][1]
-        if len(np.unique(test_labels)) < 2:
-            # AUC and KS are undefined: the cell reads n/a and the average skips it
-            log.warning("scenario '%s': the scored split has only label %d (%d users); AUC/KS undefined",
-                        name, int(test_labels[0]) if len(test_labels) else -1, len(test_labels))  # fmt: skip
-            metrics[name] = {"auc": None, "ks": None}
-            continue
-        scores, c = probe(parts["train"][0], parts["train"][1], parts["test"][0], c=probe_c)
-        metrics[name] = {**auc_ks(scores, test_labels), "probe_c": c, "users": int(len(test_labels))}
-        curves[name] = (scores, test_labels)
+    Returns (scenario -> {auc, ks, probe_c, users}, scenario -> (scores, labels) of the scored part).
+
+    Scenarios are probed ``jobs`` at a time (threads; default: the CPU count, at most 4), each with
+    one math-library thread, so the figures do not depend on ``jobs`` or the machine's cores."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    jobs = jobs or min(4, os.cpu_count() or 1)
+    with threadpool_limits(limits=1), ThreadPoolExecutor(max_workers=jobs) as pool:
+        done = list(
+            pool.map(lambda name: _probe_scenario(features, data, name, probe_c, split, val_seed), scenarios)
+        )
+    metrics = {name: m for name, (m, _) in zip(scenarios, done)}
+    curves = {name: c for name, (_, c) in zip(scenarios, done) if c is not None}
     return metrics, curves
+
+
+def _probe_scenario(
+    features: dict[str, Any], data: Path, name: str, probe_c: float | str, split: str, val_seed: int
+) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray] | None]:
+    """One scenario's cell: (metrics, (scores, labels) or None when AUC is undefined)."""
+    ids, mat = features[name] if name in features else features["*"]
+    row = {u: i for i, u in enumerate(ids)}
+    bench = split_benchmark(benchmark(data, name), split, val_seed)
+    missing = [u for u in bench["user_id"].to_list() if u not in row]
+    if missing:
+        raise ValueError(
+            f"scenario '{name}': {len(missing)} benchmark users have no embedding (e.g. {missing[:3]})"
+        )
+    parts = {}
+    for part in ("train", "test"):  # (not `split`: that names the table being made)
+        b = bench.filter(pl.col("split") == part)
+        idx = np.array([row[u] for u in b["user_id"].to_list()])
+        parts[part] = (mat[idx], b["label"].to_numpy().astype(np.int64))
+    test_labels = parts["test"][1]
+    if len(np.unique(test_labels)) < 2:
+        # AUC and KS are undefined: the cell reads n/a and the average skips it
+        log.warning("scenario '%s': the scored split has only label %d (%d users); AUC/KS undefined",
+                    name, int(test_labels[0]) if len(test_labels) else -1, len(test_labels))  # fmt: skip
+        return {"auc": None, "ks": None}, None
+    scores, c = probe(parts["train"][0], parts["train"][1], parts["test"][0], c=probe_c)
+    return {**auc_ks(scores, test_labels), "probe_c": c, "users": int(len(test_labels))}, (
+        scores,
+        test_labels,
+    )
 
 
 # -- feature sources ----------------------------------------------------------------------------

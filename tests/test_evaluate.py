@@ -220,3 +220,15 @@ def test_every_scenario_of_a_validation_table_scores_its_carve_and_never_a_test_
         assert metrics[name]["users"] == carve.height
         if name in curves:
             np.testing.assert_array_equal(curves[name][1], carve["label"].to_numpy())
+
+
+def test_probing_scenarios_in_parallel_gives_the_figures_of_one_at_a_time(built):
+    from qanchor_pl.evaluate import evaluate_features, mean_event_features
+
+    scenarios = [s.name for s in load_scenarios(built / "scenarios.json")]
+    feats = mean_event_features(built)
+    one = evaluate_features(feats, built, scenarios, probe_c="cv", jobs=1)
+    three = evaluate_features(feats, built, scenarios, probe_c="cv", jobs=3)
+    assert one[0] == three[0] and len(one[0]) == len(scenarios)
+    for name in one[1]:
+        np.testing.assert_array_equal(one[1][name][0], three[1][name][0])
