@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -404,8 +405,9 @@ def run_evaluate(
     out_dir.mkdir(parents=True, exist_ok=True)
     known = [s.name for s in load_scenarios(data_dir / "scenarios.json")]
     chosen = known if scenarios == "all" else scenarios.split(",")
-    rows, curves = {}, {}
+    rows, curves, seconds = {}, {}, {}
     for b in baselines:
+        t0 = time.perf_counter()
         if b not in BASELINES:
             raise ValueError(f"unknown baseline {b!r}; known: {BASELINES}")
         if b == "minilm":
@@ -416,12 +418,15 @@ def run_evaluate(
                      "event-counts": event_count_features, "time-windows": time_window_features}[b](data_dir)  # fmt: skip
         metrics, curves[b] = evaluate_features(feats, data_dir, chosen, probe_c, split, val_seed)
         rows[b] = with_average(metrics)
+        seconds[b] = _timed(b, rows[b], split, t0)
     projector = None
     for i, folder in enumerate(embeddings):
         name = names[i] if names and i < len(names) else Path(folder).name
+        t0 = time.perf_counter()
         feats = embedding_features(Path(folder))
         metrics, curves[name] = evaluate_features(feats, data_dir, chosen, probe_c, split, val_seed)
         rows[name] = with_average(metrics)
+        seconds[name] = _timed(name, rows[name], split, t0)
         if projector is None:
             projector = _projector_sample(feats, data_dir, chosen, projector_users)
     boots = {name: bootstrap_avg_auc(curves[name], n_boot) for name in rows if curves[name]}
@@ -435,7 +440,8 @@ def run_evaluate(
         delta = paired_delta(curves[a], curves[b], boot_a=boots.get(a), boot_b=boots.get(b))
         comparisons.append({"a": a, "b": b, **delta})
     write_json(out_dir / "metrics.json",
-               {"split": split, "scenarios": chosen, "rows": rows, "comparisons": comparisons})  # fmt: skip
+               {"split": split, "scenarios": chosen, "rows": rows, "comparisons": comparisons,
+                "seconds": seconds})  # fmt: skip
     with atomic_path(out_dir / "report.md") as tmp:
         tmp.write_text(markdown(rows, chosen) + comparisons_markdown(comparisons))
     log_tensorboard(out_dir, curves, projector)
@@ -443,6 +449,16 @@ def run_evaluate(
         "out": str(out_dir),
         "rows": {n: {"auc": r["Avg"]["auc"], "ks": r["Avg"]["ks"]} for n, r in rows.items()},
     }
+
+
+def _timed(name: str, row: dict[str, Any], split: str, t0: float) -> float:
+    """Seconds since ``t0`` (features + probes of one row), also logged with the row's Avg AUC."""
+    took = round(time.perf_counter() - t0, 1)
+    auc = row["Avg"]["auc"]
+    log.info(
+        "evaluate (%s): %s Avg AUC %s in %.1f s", split, name, "n/a" if auc is None else f"{auc:.4f}", took
+    )
+    return took
 
 
 def _projector_sample(feats: dict, data: Path, scenarios: list[str], n: int) -> tuple | None:

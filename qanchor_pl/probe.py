@@ -53,9 +53,9 @@ def row_span_rotation(x_train: Any) -> Callable[[Any], np.ndarray] | None:
         # Eigenvalues are squared singular values, known to ~1e-16 of the largest: directions
         # below GRAM_TOL of it carry weights of at most ~1e-6 of the largest singular value.
         keep = eigvals > GRAM_TOL * max(float(eigvals.max()), 0.0)
-        u, s = u[:, keep], np.sqrt(eigvals[keep])
-        mapping = (x_train.T @ u) / s  # [D, R] = V, as a dense matrix of R columns
-        return lambda a: np.asarray(a @ mapping)
+        coef = u[:, keep] / np.sqrt(eigvals[keep])  # [n, R]: A V = (A X^T) U diag(s)^-1
+        # Never the [D, R] basis itself: with a long-tailed vocabulary D is 10^5 and more.
+        return lambda a: np.asarray((a @ x_train.T).todense()) @ coef
     _, s, vt = np.linalg.svd(x_train, full_matrices=False)
     rank = int((s > RANK_TOL * s[0]).sum()) if s.size and s[0] > 0 else 0
     basis = vt[: max(rank, 1)].T

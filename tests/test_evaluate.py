@@ -104,6 +104,7 @@ def test_evaluate_writes_metrics_table_and_tensorboard(built, pretrained, tmp_pa
     metrics = json.loads((tmp_path / "rep" / "metrics.json").read_text())
     scenarios = metrics["scenarios"]
     assert len(scenarios) == 10
+    assert set(metrics["seconds"]) == set(metrics["rows"]) and min(metrics["seconds"].values()) >= 0
     # the 300-user world's Money test split has no positive user: undefined, n/a, left out of Avg
     defined = [s for s in scenarios if s != "Money"]
     for row in metrics["rows"].values():
