@@ -380,7 +380,11 @@ def _parser() -> argparse.ArgumentParser:
     dm.add_argument("--tune-steps", type=int, help="override the steps of each prompt-tuning run (70)")
     dm.add_argument("--seed", type=int, help="override the world's and the runs' seed (0)")
     dm.add_argument("--world", choices=["default", "dynamic"], help="the synthetic world (default: default)")
-    dm.add_argument("--variants", help="pretraining variants, comma-separated (base required)")
+    dm.add_argument(
+        "--variants",
+        help="pretraining variants, comma-separated, base required (default: base; e.g. "
+        "base,no-contrastive,no-ntp,no-margin,no-structural,event-time,event-counts,time-counts,no-head)",
+    )
     dm.add_argument("--probe-c", help="the probe's C, or 'cv' (default: cross-validated on train)")
     dm.add_argument(
         "--seeds", type=int, help="run N seeds on the same world: OUT/seed-S + OUT/seeds.md (mean ± s.d.)"
