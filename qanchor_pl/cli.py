@@ -152,7 +152,7 @@ def _demo(args: argparse.Namespace) -> dict:
     from qanchor_pl.demo import DemoConfig, run_demo
 
     overrides = {k: getattr(args, k)
-                 for k in ("users", "pretrain_steps", "tune_steps", "seed", "world", "variants", "probe_c", "seeds")}  # fmt: skip
+                 for k in ("users", "pretrain_steps", "tune_steps", "seed", "world", "variants", "probe_c", "seeds", "baselines")}  # fmt: skip
     return run_demo(DemoConfig.from_options(args.out, fast=args.fast, **overrides))
 
 
@@ -386,6 +386,11 @@ def _parser() -> argparse.ArgumentParser:
         "base,no-contrastive,no-ntp,no-margin,no-structural,event-time,event-counts,time-counts,no-head)",
     )
     dm.add_argument("--probe-c", help="the probe's C, or 'cv' (default: cross-validated on train)")
+    dm.add_argument(
+        "--baselines",
+        help="comma-separated (default: minilm,mean-events,category-counts,event-counts, "
+        "plus time-windows on the dynamic world)",
+    )
     dm.add_argument(
         "--seeds", type=int, help="run N seeds on the same world: OUT/seed-S + OUT/seeds.md (mean ± s.d.)"
     )

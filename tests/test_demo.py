@@ -60,5 +60,8 @@ def test_demo_options_override_the_default_or_fast_sizes():
     assert (cfg.users, cfg.pretrain_steps, cfg.tune_steps, cfg.seed) == (4000, 250, 70, 3)
     fast = DemoConfig.from_options("o", fast=True, users=500)
     assert (fast.users, fast.pretrain_steps) == (500, 30)
+    assert "time-windows" not in cfg.baseline_names()  # the stationary world: no time-aware reference
+    assert "time-windows" in DemoConfig.from_options("o", world="dynamic").baseline_names()
+    assert DemoConfig.from_options("o", baselines="mean-events").baseline_names() == "mean-events"
     with pytest.raises(ValueError, match="unknown demo option"):
         DemoConfig.from_options("o", timings=1)
