@@ -6,8 +6,8 @@ a 2-core machine for wide baselines (thousands of columns), without changing the
 
 - the solver is Newton-CG, warm-started along the C path by scikit-learn: ~10 Newton steps per C
   where L-BFGS needs hundreds at large C (4x faster on the demo's mean event vectors);
-- a dense matrix wider than it is tall is first rotated onto the row span of the scaled train
-  matrix (thin SVD). An L2-penalised linear model's weights lie in that span (the stationarity
+- a matrix wider than it is tall is first mapped onto the row span of the scaled train matrix
+  (dense: thin SVD; sparse: the Gram matrix, never densifying the wide matrix). An L2-penalised linear model's weights lie in that span (the stationarity
   condition w = -C X^T (p - y)), for every fold too (a fold's rows are a subset), and a rotation
   keeps the penalty ||w||^2, so the fit and every fold's fit are the same problem in fewer
   columns (the time-window reference: 6,543 -> at most the number of train users).

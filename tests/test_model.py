@@ -10,6 +10,7 @@ import torch
 from data_modules.manifest import Manifest
 from qanchor_pl.model import backbone as bb
 from qanchor_pl.model.config import LoraSpec
+from qanchor_pl.model.qanchor import QAnchorModel
 from qanchor_pl.model.sequence import Role
 from qanchor_pl.pretrain import PretrainModule
 from tests.helpers.tiny import TINY, model_for
@@ -218,12 +219,20 @@ def test_event_ages_in_the_batch_are_days_before_the_cutoff_of_the_kept_events(b
             assert (got >= 0).all()
 
 
+def opened_switch(inputs, batch, switch: str, layer: str) -> tuple[QAnchorModel, QAnchorModel]:
+    """(plain model, model with ``switch`` on): equal embeddings at init (the switch's embedding
+    starts closed); then the switch's last layer (``user_encoder.<layer>``) is opened at random.
+    Call under ``torch.no_grad()``."""
+    plain, switched = model_for(inputs), model_for(inputs, **{switch: True})
+    assert torch.allclose(plain.anchor(batch), switched.anchor(batch), atol=1e-6)  # zero init
+    torch.nn.init.normal_(getattr(switched.user_encoder, layer)[2].weight, std=0.5)
+    return plain, switched
+
+
 def test_event_time_embedding_starts_closed_and_changes_embeddings_by_age(model_data):
     inputs, batch = model_data
-    plain, timed = model_for(inputs), model_for(inputs, event_time=True)
     with torch.no_grad():
-        assert torch.allclose(plain.anchor(batch), timed.anchor(batch), atol=1e-6)  # zero init
-        torch.nn.init.normal_(timed.user_encoder.time_embedding[2].weight, std=0.5)
+        plain, timed = opened_switch(inputs, batch, "event_time", "time_embedding")
         older = {**batch, "event_age": {m: a + 30.0 for m, a in batch["event_age"].items()}}
         assert not torch.allclose(timed.anchor(batch), timed.anchor(older), atol=1e-3)
         assert torch.allclose(plain.anchor(batch), plain.anchor(older))  # the plain model ignores time
@@ -234,10 +243,8 @@ def test_event_time_embedding_starts_closed_and_changes_embeddings_by_age(model_
 
 def test_event_count_embedding_starts_closed_and_sees_what_the_mean_pooling_cannot(model_data):
     inputs, batch = model_data
-    plain, counted = model_for(inputs), model_for(inputs, event_counts=True)
     with torch.no_grad():
-        assert torch.allclose(plain.anchor(batch), counted.anchor(batch), atol=1e-6)  # zero init
-        torch.nn.init.normal_(counted.user_encoder.count_embedding[2].weight, std=0.5)
+        plain, counted = opened_switch(inputs, batch, "event_counts", "count_embedding")
         # every event twice: the same masked mean, so the same plain modality tokens; twice the count
         twice = {k: {m: torch.cat([v, v], 1) for m, v in batch[k].items()} for k in ("events", "event_mask")}
         for model, changes in ((plain, False), (counted, True)):
