@@ -38,7 +38,7 @@ bench: $(STAMP)
 	$(BIN)/qanchor encode --data runs/bench/data --encoder hash
 	$(BIN)/qanchor bench data --data runs/bench/data --json
 	$(BIN)/qanchor bench data --data runs/bench/data --workers 2 --json
-	$(BIN)/qanchor bench train --config recipes/pretrain/tiny-cpu.yaml --data.data runs/bench/data --json
+	$(BIN)/qanchor bench train --recipe '[pretrain/tiny-cpu]' --overrides '{data.data: runs/bench/data}' --json
 	$(BIN)/qanchor bench kv-cache --json
 	$(BIN)/qanchor bench qa-synth --json
 

@@ -9,16 +9,17 @@ users were in the step where the loss spiked?".
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from pathlib import Path
 
 import lightning as L
 
+from data_modules.util.atomic import atomic_path
+from data_modules.util.hashing import stable_hexdigest
+
 
 def digest(user_ids: list[str]) -> str:
-    return hashlib.blake2b("\n".join(user_ids).encode(), digest_size=12).hexdigest()
+    return stable_hexdigest("\n".join(user_ids), 12)
 
 
 class SampleAuditLog(L.Callback):
@@ -45,9 +46,8 @@ class SampleAuditLog(L.Callback):
         if path.exists():  # drop the steps this (resumed) run is about to redo
             lines = path.read_text().splitlines()
             kept = [ln for ln in lines if ln.strip() and json.loads(ln)["step"] < trainer.global_step]
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text("".join(f"{ln}\n" for ln in kept))
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                tmp.write_text("".join(f"{ln}\n" for ln in kept))
         self._file = path.open("a")
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:

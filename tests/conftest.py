@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from data_modules.build import BuildConfig, build
-from data_modules.encode import encode_dataset
-from data_modules.synth import write_world
+from data_modules.etl.build import BuildConfig, build
+from data_modules.etl.encode import encode_dataset
+from data_modules.etl.synth import write_world
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PYTHONHASHSEED", "0")
@@ -81,7 +81,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="module")
 def model_data(built):
     """(DataInputs, one batch of 6 users) from ``built``."""
-    from data_modules.datamodule import UserUDataModule
+    from data_modules.loading.datamodule import UserUDataModule
     from qanchor_pl.model.config import DataInputs
 
     dm = UserUDataModule(str(built), batch_size=6, buffer_size=32)

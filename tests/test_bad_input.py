@@ -11,11 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data_modules.build import BuildConfig, build
-from data_modules.datamodule import UserUDataModule
-from data_modules.errors import DataError
-from data_modules.manifest import Manifest
-from data_modules.scenarios import Scenario, save_scenarios
+from data_modules.etl.build import BuildConfig, build
+from data_modules.etl.manifest import Manifest
+from data_modules.etl.scenarios import Scenario, save_scenarios
+from data_modules.loading.datamodule import UserUDataModule
+from data_modules.util.errors import DataError
 from tests.conftest import run_qanchor
 
 CUT = dt.datetime(2026, 4, 1)
@@ -76,7 +76,7 @@ def test_unknown_modality_names_file_row_and_value(tmp_path):
     with pytest.raises(
         DataError, match=r"part-0\.parquet, column 'modality', row 3: unknown modality 'radio'"
     ):
-        _build(raw, tmp_path, modalities=("bill", "app", "search", "tabular"))
+        _build(raw, tmp_path, modalities="bill,app,search,tabular")
 
 
 def test_truncated_parquet_names_the_file(tmp_path):
@@ -175,7 +175,7 @@ def test_empty_shard_is_refused(copy_of_built):
     table = pq.read_table(shard)
     pq.write_table(table.slice(0, 0), shard)
     m = Manifest.load(copy_of_built)
-    from data_modules.manifest import file_entry
+    from data_modules.etl.manifest import file_entry
 
     m.files["shards/shard-00002.parquet"] = file_entry(copy_of_built, "shards/shard-00002.parquet", 0)
     m.save(copy_of_built)

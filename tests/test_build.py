@@ -11,11 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data_modules.build import BuildConfig, build
-from data_modules.manifest import Manifest
-from data_modules.scenarios import Scenario, save_scenarios
-from data_modules.schemas import SCHEMA_VERSION
-from data_modules.synth import SCENARIOS
+from data_modules.etl.build import BuildConfig, build
+from data_modules.etl.manifest import Manifest
+from data_modules.etl.scenarios import Scenario, save_scenarios
+from data_modules.etl.schemas import SCHEMA_VERSION
+from data_modules.etl.synth import SCENARIOS
 from tests.conftest import run_qanchor
 
 
@@ -135,7 +135,7 @@ def test_any_modality_set_works_without_tabular(tmp_path):
     pq.write_table(events, raw / "events" / "e.parquet")
     save_scenarios(raw / "scenarios.json", [Scenario("Tea", "Will the user buy tea?", "Food", ("pay",))])
     m = build(
-        BuildConfig(raw=str(raw), out=str(tmp_path / "data"), modalities=("pay", "chat"), cutoff="2026-01-05",
+        BuildConfig(raw=str(raw), out=str(tmp_path / "data"), modalities="pay,chat", cutoff="2026-01-05",
                     history_days=10, future_days=5, tokenizer_vocab=300)
     )  # fmt: skip
     assert m.event_modalities == ["pay", "chat"] and m.tabular_features == []
@@ -197,6 +197,6 @@ def test_cli_synth_build_encode_chain(tmp_path):
 
 @pytest.mark.parametrize("caps", ["paper"])
 def test_paper_caps_parse(caps):
-    from data_modules.schemas import PAPER_CAPS, parse_caps
+    from data_modules.etl.schemas import PAPER_CAPS, parse_caps
 
     assert parse_caps(caps) == PAPER_CAPS

@@ -6,9 +6,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from data_modules.datamodule import ScenarioDataModule, UserStreamLoader, UserUDataModule
-from data_modules.dataset import choose_pair
-from data_modules.encode import load_vectors
+from data_modules.etl.encode import load_vectors
+from data_modules.loading.datamodule import ScenarioDataModule, UserStreamLoader, UserUDataModule
+from data_modules.loading.dataset import choose_pair
 
 
 def _epoch(dm, epoch=0, workers=0):
@@ -86,7 +86,7 @@ def test_scenario_module_serves_the_split_with_its_labels(built):
 def test_unknown_scenario_and_caps_are_clear_errors(built):
     with pytest.raises(ValueError, match="unknown modalities"):
         UserUDataModule(str(built), max_events="radio=3").setup()
-    from data_modules.errors import DataError
+    from data_modules.util.errors import DataError
 
     with pytest.raises(DataError, match="no scenario 'Nope'"):
         ScenarioDataModule(str(built), scenario="Nope").setup()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import polars as pl
 
-from data_modules.manifest import Manifest
-from qanchor_pl.diagnostics import main, mean_event_dimensions, scenario_mentions
+from data_modules.etl.manifest import Manifest
+from qanchor_pl.eval.diagnostics import main, mean_event_dimensions, scenario_mentions
 
 
 def test_mean_event_dimensions_probe_all_pca_and_random_features(built):

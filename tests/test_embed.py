@@ -41,7 +41,7 @@ def embed_args(model, built, out, *extra):
 
 def test_cached_and_uncached_embeddings_agree_and_cover_everyone(built, pretrained, tmp_path):
     report = json.loads(run_qanchor(*embed_args(pretrained, built, tmp_path / "kv")).stdout)
-    run_qanchor(*embed_args(pretrained, built, tmp_path / "full", "--no-kv-cache"))
+    run_qanchor(*embed_args(pretrained, built, tmp_path / "full", "--kv_cache", "false"))
     kv, full = _rows(tmp_path / "kv"), _rows(tmp_path / "full")
     users = _users(built)
     assert set(kv) == {(u, s) for u in users for s in SCEN.split(",")} == set(full)
@@ -71,7 +71,9 @@ def test_tuned_prompts_change_only_their_scenarios(built, pretrained, tmp_path):
 @pytest.mark.slow
 def test_killed_embedding_job_resumes_and_writes_each_pair_once(built, pretrained, tmp_path):
     out = tmp_path / "out"
-    args = embed_args(pretrained, built, out, "--part-batches", "1", "--batch-size", "8", "--no-kv-cache")
+    args = embed_args(
+        pretrained, built, out, "--part-batches", "1", "--batch-size", "8", "--kv_cache", "false"
+    )
     proc = subprocess.Popen([sys.executable, "-m", "qanchor_pl.cli", *args], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.time() + 300

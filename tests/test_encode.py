@@ -9,9 +9,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from data_modules.build import BuildConfig, build
-from data_modules.encode import HashEncoder, _encode_modality, encode_dataset, load_vectors
-from data_modules.manifest import Manifest
+from data_modules.etl.build import BuildConfig, build
+from data_modules.etl.encode import HashEncoder, _encode_modality, encode_dataset, load_vectors
+from data_modules.etl.manifest import Manifest
 
 
 def test_hash_encoder_is_deterministic_normalised_and_similarity_aware():

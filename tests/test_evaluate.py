@@ -9,10 +9,10 @@ import polars as pl
 import pytest
 from scipy import sparse
 
-from data_modules.encode import load_vectors
-from data_modules.manifest import Manifest
-from data_modules.scenarios import load_scenarios
-from qanchor_pl.evaluate import auc_ks, event_count_features, probe, profile_texts, time_window_features
+from data_modules.etl.encode import load_vectors
+from data_modules.etl.manifest import Manifest
+from data_modules.etl.scenarios import load_scenarios
+from qanchor_pl.eval.evaluate import auc_ks, event_count_features, probe, profile_texts, time_window_features
 from tests.conftest import run_qanchor
 from tests.helpers.tb import scalars
 
@@ -96,9 +96,9 @@ def test_time_windows_are_mean_vectors_and_counts_over_the_last_days_then_tabula
 def test_evaluate_writes_metrics_table_and_tensorboard(built, pretrained, tmp_path):
     run_qanchor("embed", "--model", str(pretrained), "--data", str(built), "--scenarios", "all",
                 "--out", str(tmp_path / "emb"), "--accelerator", "cpu", "--batch-size", "64")  # fmt: skip
-    report = json.loads(run_qanchor("evaluate", "--embeddings", str(tmp_path / "emb"), "--names", "Q-Anchor",
+    report = json.loads(run_qanchor("evaluate", "--embeddings", f"[{tmp_path / 'emb'}]", "--names", "[Q-Anchor]",
                                     "--data", str(built), "--out", str(tmp_path / "rep"),
-                                    "--profile-tokens", "64", "--compare", "Q-Anchor", "mean-events").stdout)  # fmt: skip
+                                    "--profile-tokens", "64", "--compare", "[[Q-Anchor, mean-events]]").stdout)  # fmt: skip
     assert set(report["rows"]) == {"minilm", "mean-events", "event-counts", "Q-Anchor"}
     assert (tmp_path / "rep" / "minilm-profile-64tok.npy").exists()
     metrics = json.loads((tmp_path / "rep" / "metrics.json").read_text())
@@ -136,7 +136,7 @@ def test_kv_cache_bench_reports_speedups():
 
 
 def test_probe_cross_validates_c_on_train_only_and_falls_back_on_rare_classes():
-    from qanchor_pl.probe import PROBE_CS
+    from qanchor_pl.eval.probe import PROBE_CS
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((300, 40))
@@ -155,7 +155,7 @@ def test_the_row_span_rotation_of_wide_features_leaves_the_fitted_probe_unchange
     rotated coordinates (fewer columns) must give the same scores, dense (SVD) and sparse (Gram)."""
     from sklearn.linear_model import LogisticRegression
 
-    from qanchor_pl.probe import row_span_rotation
+    from qanchor_pl.eval.probe import row_span_rotation
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((300, 900)) * (rng.random((300, 900)) < 0.05)
@@ -174,7 +174,7 @@ def test_the_row_span_rotation_of_wide_features_leaves_the_fitted_probe_unchange
 
 
 def test_wide_count_features_turn_sparse_beyond_the_dense_limit(built, monkeypatch):
-    import qanchor_pl.evaluate as ev
+    import qanchor_pl.eval.evaluate as ev
 
     dense_users, dense = event_count_features(built)["*"]
     monkeypatch.setattr(ev, "DENSE_LIMIT", 10)  # as if the vocabulary were long-tailed
@@ -197,8 +197,8 @@ def test_the_probe_fits_sparse_counts_as_it_fits_the_same_counts_dense():
 
 
 def test_the_validation_split_is_the_tuning_carve_of_the_train_users_only(built):
-    from data_modules.splits import in_validation
-    from qanchor_pl.evaluate import benchmark, split_benchmark
+    from data_modules.etl.splits import in_validation
+    from qanchor_pl.eval.evaluate import benchmark, split_benchmark
 
     bench = benchmark(built, "Takeout")
     val = split_benchmark(bench, "validation", val_seed=3)
@@ -212,7 +212,7 @@ def test_the_validation_split_is_the_tuning_carve_of_the_train_users_only(built)
 def test_every_scenario_of_a_validation_table_scores_its_carve_and_never_a_test_user(built):
     """Each scenario's cell is scored on that scenario's validation carve: the loop over scenarios
     must not fall back to the test split after the first one (it once did, through a shadowed name)."""
-    from qanchor_pl.evaluate import benchmark, evaluate_features, mean_event_features, split_benchmark
+    from qanchor_pl.eval.evaluate import benchmark, evaluate_features, mean_event_features, split_benchmark
 
     scenarios = [s.name for s in load_scenarios(built / "scenarios.json")][:3]
     metrics, curves = evaluate_features(mean_event_features(built), built, scenarios, split="validation")
@@ -224,7 +224,7 @@ def test_every_scenario_of_a_validation_table_scores_its_carve_and_never_a_test_
 
 
 def test_probing_scenarios_in_parallel_gives_the_figures_of_one_at_a_time(built):
-    from qanchor_pl.evaluate import evaluate_features, mean_event_features
+    from qanchor_pl.eval.evaluate import evaluate_features, mean_event_features
 
     scenarios = [s.name for s in load_scenarios(built / "scenarios.json")]
     feats = mean_event_features(built)

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 import yaml
 
-from data_modules.errors import DataError
+from data_modules.util.errors import DataError
 from qanchor_pl.model.backbone import write_shaped_backbone
 from qanchor_pl.pipelines.experiment import ExperimentConfig, derive_split
 from tests.conftest import run_qanchor

@@ -7,12 +7,13 @@ import json
 import pytest
 import torch
 
-from data_modules.datamodule import UserUDataModule
-from data_modules.tokenizer import load_tokenizer
+from data_modules.loading.datamodule import UserUDataModule
+from data_modules.loading.tokenizer import load_tokenizer
+from data_modules.util.hashing import sha256_file
 from qanchor_pl.model import backbone as bb
 from qanchor_pl.model.config import TinyBackbone
 from qanchor_pl.model.export import load_export
-from qanchor_pl.pretrain import PretrainModule
+from qanchor_pl.train.pretrain import PretrainModule
 from tests.conftest import run_qanchor
 from tests.helpers.cli_args import LORA, pretrain_args
 
@@ -37,7 +38,7 @@ def local_backbone(built, tmp_path_factory):
 def test_export_round_trip(built, tmp_path, local_backbone, kind):
     extra = [] if kind == "tiny-full" else LORA
     if kind == "folder-lora":
-        extra = [*extra, "--model.backbone", str(local_backbone)]
+        extra = [*extra, "--model.arch.backbone", str(local_backbone)]
     run_qanchor(*pretrain_args(built, tmp_path / "run", 2, *extra))
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     report = json.loads(run_qanchor("export", "--ckpt", str(ckpt), "--out", str(tmp_path / "export")).stdout)
@@ -55,4 +56,12 @@ def test_export_round_trip(built, tmp_path, local_backbone, kind):
     assert torch.allclose(a, b, atol=1e-6)
 
     again = run_qanchor("export", "--ckpt", str(ckpt), "--out", str(tmp_path / "export"), check=False)
-    assert again.returncode != 0 and "--overwrite" in again.stderr
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+
+    # shared like any folder (mkdtemp's 0700 would lock others out), with a model card
+    export = tmp_path / "export"
+    assert export.stat().st_mode & 0o777 == 0o755
+    assert all(p.stat().st_mode & 0o777 == (0o755 if p.is_dir() else 0o644) for p in export.rglob("*"))
+    card = (export / "README.md").read_text()
+    assert sha256_file(built / "manifest.json") in card and "load_export" in card
+    assert "checkpoint step: 2" in card and ("LoRA r=4" in card) == (kind != "tiny-full")

@@ -17,11 +17,9 @@ def test_bf16_step_of_the_0_5b_shape_at_paper_lengths(tmp_path):
     run_qanchor("build", "--raw", str(raw), "--out", str(data), "--max-events", "paper")
     run_qanchor("encode", "--data", str(data), "--encoder", "hash", "--dim", "768")  # gte-base's width
     run_qanchor("make-backbone", "--shape", "qwen2.5-0.5b", "--tokenizer", str(data), "--out", str(backbone))
-    proc = run_qanchor(
-        "bench", "train", "--config", "recipes/pretrain/qwen0.5b-1gpu.yaml", "--steps", "10", "--warmup", "3",
-        "--model.backbone", str(backbone), "--data.data", str(data),
-        "--data.num_workers", "2",
-    )  # fmt: skip
+    overrides = {"model.arch.backbone": str(backbone), "data.data": str(data), "data.num_workers": 2}
+    proc = run_qanchor("bench", "train", "--recipe", "[pretrain/qwen0.5b-1gpu]", "--overrides", json.dumps(overrides),
+                       "--steps", "10", "--warmup", "3", "--blocks", "2")  # fmt: skip
     report = json.loads(proc.stdout)
     print(json.dumps(report, indent=2))  # the figures for the README
     assert report["precision"] == "bf16-mixed" and report["device"].startswith("cuda")

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qanchor_pl.losses import anchored_infonce, prototype_loss
+from qanchor_pl.train.losses import anchored_infonce, prototype_loss
 from tests.conftest import ROOT, free_port, torchrun_env
 from tests.helpers.infonce_case import make_case, make_towers
 

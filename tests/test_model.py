@@ -7,13 +7,15 @@ import polars as pl
 import pytest
 import torch
 
-from data_modules.manifest import Manifest
+from data_modules.etl.manifest import Manifest
 from qanchor_pl.model import backbone as bb
-from qanchor_pl.model.config import LoraSpec
+from qanchor_pl.model.config import LoraSpec, ModelSpec
 from qanchor_pl.model.qanchor import QAnchorModel
 from qanchor_pl.model.sequence import Role
-from qanchor_pl.pretrain import PretrainModule
+from qanchor_pl.train.pretrain import PretrainModule
 from tests.helpers.tiny import TINY, model_for
+
+SMALL_ARCH = ModelSpec(tiny=TINY, lora=None, head_hidden=32, embed_dim=16)
 
 
 def take(batch, rows):
@@ -135,7 +137,7 @@ def test_a_small_batch_is_overfit(model_data):
     inputs, batch = model_data
     torch.manual_seed(0)
     module = PretrainModule(
-        tiny=TINY, lora=None, head_hidden=32, embed_dim=16, inputs=inputs,
+        arch=SMALL_ARCH, inputs=inputs,
         contrastive={"margin_warmup_steps": 0, "margin": None},
     )  # fmt: skip
     opt = torch.optim.AdamW(module.parameters(), lr=1e-3)
@@ -178,9 +180,9 @@ def test_structural_tokens_start_at_the_token_tables_scale(model_data):
 
 def test_without_the_contrastive_loss_the_embedding_is_the_trained_hidden_state(model_data):
     inputs, batch = model_data
-    off = PretrainModule(tiny=TINY, lora=None, head_hidden=32, embed_dim=16, inputs=inputs,
+    off = PretrainModule(arch=SMALL_ARCH, inputs=inputs,
                          contrastive={"enabled": False})  # fmt: skip
-    on = PretrainModule(tiny=TINY, lora=None, head_hidden=32, embed_dim=16, inputs=inputs)
+    on = PretrainModule(arch=SMALL_ARCH, inputs=inputs)
     assert off.model.config.embedding == "hidden" and on.model.config.embedding == "head"
     with torch.no_grad():
         u = off.model.eval().anchor(batch)

@@ -9,9 +9,9 @@ import shutil
 import polars as pl
 import pytest
 
-from data_modules.build import BuildConfig, build
-from data_modules.errors import DataError
-from data_modules.topics import topic
+from data_modules.etl.build import BuildConfig, build
+from data_modules.etl.topics import topic
+from data_modules.util.errors import DataError
 from tests.conftest import run_qanchor
 from tests.helpers.other_world import write_other_world
 

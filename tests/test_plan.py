@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from data_modules.plan import PlanSpec, buffered_shuffle, make_worker_plan, steps_per_epoch
+from data_modules.loading.plan import PlanSpec, buffered_shuffle, make_worker_plan, steps_per_epoch
 
 
 def _all_batches(n, world, workers, batch, epoch=0, seed=0, shuffle=True):

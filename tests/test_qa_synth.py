@@ -19,12 +19,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from data_modules.build import BuildConfig, build
-from data_modules.datamodule import UserUDataModule
-from data_modules.encode import encode_dataset
-from data_modules.manifest import Manifest
-from data_modules.qa import Facts
-from data_modules.qa_synth import (
+from data_modules.etl.build import BuildConfig, build
+from data_modules.etl.encode import encode_dataset
+from data_modules.etl.manifest import Manifest
+from data_modules.etl.qa import Facts
+from data_modules.etl.qa_synth import (
     SYSTEM,
     Generator,
     Prompt,
@@ -37,7 +36,8 @@ from data_modules.qa_synth import (
     run_qa_synth,
     vocab_texts,
 )
-from data_modules.topics import load_topics, topic
+from data_modules.etl.topics import load_topics, topic
+from data_modules.loading.datamodule import UserUDataModule
 from qanchor_pl.model.backbone import write_shaped_backbone
 from tests.conftest import ROOT, free_port, run_qanchor, torchrun_env
 from tests.helpers.other_world import write_other_world

@@ -10,9 +10,9 @@ from collections import Counter
 
 import polars as pl
 
-from data_modules.manifest import Manifest
-from data_modules.qa import Facts, number_key, reflect, stated_numbers
-from data_modules.topics import load_topics
+from data_modules.etl.manifest import Manifest
+from data_modules.etl.qa import Facts, number_key, reflect, stated_numbers
+from data_modules.etl.topics import load_topics
 
 
 def _seen(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qanchor_pl.evaluate import auc_ks
-from qanchor_pl.significance import bootstrap_avg_auc, paired_delta, rank_auc
+from qanchor_pl.eval.evaluate import auc_ks
+from qanchor_pl.eval.significance import bootstrap_avg_auc, paired_delta, rank_auc
 
 
 def _curves(rng, signal: float, n: int = 600, scenarios: int = 3, noise=None):

@@ -49,19 +49,25 @@ def cluster(tmp_path_factory):
         subprocess.run([str(ROOT / "slurm/local/stop.sh"), str(folder)], timeout=60)
 
 
+def sbatch(env, script: str, export: list[str], logs_in: Path, tasks: int = 2) -> str:
+    """Submit slurm/SCRIPT as a user would, with only its variables (``export``) and the shape of
+    this one-node cluster overridden; returns the job id."""
+    out = subprocess.run(
+        ["sbatch", "--parsable", "--nodes=1", f"--ntasks-per-node={tasks}", "--gpus-per-node=0", "--cpus-per-task=1",
+         f"--output={logs_in}/slurm-%j.out", f"--error={logs_in}/slurm-%j.err", "--export=" + ",".join(["ALL", *export]),
+         str(ROOT / "slurm" / script)],
+        cwd=ROOT, env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return out.stdout.strip().split(";")[0]
+
+
 def submit(env, built, run_dir: Path, steps: int, *extra: str) -> str:
     qanchor = Path(sys.executable).parent / "qanchor"
     extra_args = " ".join(["--trainer.accelerator", "cpu", "--trainer.strategy", "ddp",
                            "--trainer.max_steps", str(steps), "--sample_audit.ids", "true", *SMALL, *extra])  # fmt: skip
-    export = ",".join(["ALL", "RECIPE=recipes/pretrain/tiny-cpu.yaml", f"RUN_DIR={run_dir}", f"DATA={built}",
-                       f"QANCHOR={qanchor}", f"EXTRA_ARGS={extra_args}"])  # fmt: skip
-    out = subprocess.run(
-        ["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1",
-         f"--output={run_dir}/slurm-%j.out", f"--error={run_dir}/slurm-%j.err", f"--export={export}",
-         str(ROOT / "slurm/pretrain.sbatch")],
-        cwd=ROOT, env=env, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return out.stdout.strip().split(";")[0]
+    export = ["RECIPE=recipes/pretrain/tiny-cpu.yaml", f"RUN_DIR={run_dir}", f"DATA={built}", f"QANCHOR={qanchor}",
+              f"EXTRA_ARGS={extra_args}"]  # fmt: skip
+    return sbatch(env, "pretrain.sbatch", export, run_dir)
 
 
 def job_info(env, job: str) -> dict[str, str]:
@@ -100,7 +106,7 @@ def test_two_task_ddp_job_with_the_real_sbatch_script(cluster, built, tmp_path):
     job = submit(cluster, built, run, 6)
     info = wait_done(cluster, job)
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", logs(run)
-    assert "MEMBER: 2/2" in logs(run)  # Lightning's DDP on SLURM, world size 2
+    assert '"world_size": 2' in logs(run)  # Lightning's DDP on SLURM, world size 2 (the summary line)
     assert [len(audit(run, r)) for r in (0, 1)] == [6, 6]
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 6
@@ -151,14 +157,9 @@ def test_embedding_job_with_the_real_sbatch_script_writes_a_part_set_per_task(
 ):
     out = tmp_path / "emb"
     qanchor = Path(sys.executable).parent / "qanchor"
-    export = ",".join(["ALL", "RECIPE=recipes/embed/tiny-cpu.yaml", f"MODEL={pretrained}", f"DATA={built}",
-                       f"OUT={out}", f"QANCHOR={qanchor}", "EXTRA_ARGS=--batch-size 16 --scenarios Takeout"])  # fmt: skip
-    job = subprocess.run(
-        ["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1",
-         f"--output={tmp_path}/slurm-%j.out", f"--error={tmp_path}/slurm-%j.err", f"--export={export}",
-         str(ROOT / "slurm/embed.sbatch")],
-        cwd=ROOT, env=cluster, capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
+    export = ["RECIPE=recipes/embed/tiny-cpu.yaml", f"MODEL={pretrained}", f"DATA={built}", f"OUT={out}",
+              f"QANCHOR={qanchor}", "EXTRA_ARGS=--batch-size 16 --scenarios Takeout"]  # fmt: skip
+    job = sbatch(cluster, "embed.sbatch", export, tmp_path)
     info = wait_done(cluster, job)
     assert info["JobState"] == "COMPLETED", logs(tmp_path)
     assert {p.name.split("-")[1] for p in (out / "parts").glob("*.parquet")} == {"r000", "r001"}
@@ -174,14 +175,9 @@ def test_qa_synth_with_the_real_sbatch_script_shares_users_between_tasks(cluster
     model = write_shaped_backbone("tiny", str(data), tmp_path / "llm")["out"]
     qanchor = Path(sys.executable).parent / "qanchor"
     extra = "--topics-per-user 1 --max-new-tokens 4 --chunk-users 50 --device cpu"
-    export = ",".join(["ALL", "RECIPE=recipes/qa-synth/tiny-cpu.yaml", f"DATA={data}", f"MODEL={model}",
-                       f"QANCHOR={qanchor}", f"EXTRA_ARGS={extra}"])  # fmt: skip
-    job = subprocess.run(
-        ["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1",
-         f"--output={tmp_path}/slurm-%j.out", f"--error={tmp_path}/slurm-%j.err", f"--export={export}",
-         str(ROOT / "slurm/qa-synth.sbatch")],
-        cwd=ROOT, env=cluster, capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
+    export = ["RECIPE=recipes/qa-synth/tiny-cpu.yaml", f"DATA={data}", f"MODEL={model}", f"QANCHOR={qanchor}",
+              f"EXTRA_ARGS={extra}"]  # fmt: skip
+    job = sbatch(cluster, "qa-synth.sbatch", export, tmp_path)
     info = wait_done(cluster, job)
     assert info["JobState"] == "COMPLETED", logs(tmp_path)
     text, results, decoder = (tmp_path / f"slurm-{job}.out").read_text(), [], json.JSONDecoder()
@@ -193,3 +189,26 @@ def test_qa_synth_with_the_real_sbatch_script_shares_users_between_tasks(cluster
     assert sorted(r["chunks_done_here"] for r in results) == [3, 3]  # 6 chunks of 50 users
     counts = json.loads((data / "manifest.json").read_text())["qa"]["versions"]["llm"]["counts"]
     assert counts["users"] == 300 and counts["prompts"] == 300
+
+
+def test_a_requeued_tuning_job_resumes_instead_of_refusing(cluster, built, pretrained, tmp_path):
+    """slurm/tune.sbatch runs with --ckpt_path last: the first start says it starts fresh, a
+    resubmission into the same run folder (what a requeue is) resumes to the new step count."""
+    run = tmp_path / "tune"
+    qanchor = Path(sys.executable).parent / "qanchor"
+
+    def submit(steps: int) -> dict[str, str]:
+        extra = (f"--trainer.accelerator cpu --trainer.max_steps {steps} --data.batch_size 16 "
+                 "--trainer.check_val_every_n_epoch null --trainer.val_check_interval 2 --step_log.every_n_steps 1")  # fmt: skip
+        export = ["RECIPE=tune/tiny-cpu", f"PRETRAINED={pretrained}", f"DATA={built}", "SCENARIO=Takeout",
+                  f"RUN_DIR={run}", f"QANCHOR={qanchor}", f"EXTRA_ARGS={extra}"]  # fmt: skip
+        job = sbatch(cluster, "tune.sbatch", export, tmp_path, tasks=1)
+        info = wait_done(cluster, job)
+        assert info["JobState"] == "COMPLETED", logs(tmp_path)
+        return info | {"err": (tmp_path / f"slurm-{job}.err").read_text()}
+
+    first = submit(2)
+    assert f"no checkpoint in {run / 'Takeout'}: starting fresh" in first["err"]
+    second = submit(4)
+    assert "starting fresh" not in second["err"] and "step 4/4" in second["err"]
+    assert torch.load(run / "Takeout" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4

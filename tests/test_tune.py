@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from data_modules.datamodule import ScenarioDataModule
-from qanchor_pl.tune import PromptTuneModule, load_prompt, prototype_logits
+from data_modules.loading.datamodule import ScenarioDataModule
+from qanchor_pl.train.tune import PromptTuneModule, load_prompt, prototype_logits
 from tests.conftest import run_qanchor
 from tests.helpers.cli_args import tune_args
 from tests.helpers.tb import scalars
@@ -54,7 +54,7 @@ def test_tune_one_scenario_writes_a_small_artifact_and_logs_val_auc(built, pretr
     assert prompt.shape == (6, meta["hidden_size"]) and protos.shape == (2, meta["embed_dim"])
     size = sum(p.stat().st_size for p in (out / "prompt").iterdir())
     assert size < 20_000  # the prompt and two prototypes, not the backbone
-    tags = scalars(out / "tensorboard" / "run")
+    tags = scalars(out / "tensorboard" / "run-seed0")  # tuning versions carry the seed
     assert [s for s, _ in tags["val/auc"]] == [4, 9] and all(0.0 <= v <= 1.0 for _, v in tags["val/auc"])
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
     assert set(ckpt["state_dict"]) == {"prompt", "prototypes"}
@@ -62,7 +62,7 @@ def test_tune_one_scenario_writes_a_small_artifact_and_logs_val_auc(built, pretr
 
 @pytest.mark.slow
 def test_all_scenarios_in_one_command(built, pretrained, tmp_path):
-    run_qanchor(*tune_args(built, pretrained, tmp_path / "tune", 2, "--all-scenarios",
+    run_qanchor(*tune_args(built, pretrained, tmp_path / "tune", 2, "--all_scenarios", "true",
                            "--trainer.val_check_interval", "2"))  # fmt: skip
     names = [s["name"] for s in json.loads((built / "scenarios.json").read_text())]
     done = sorted(p.parent.parent.name for p in (tmp_path / "tune").glob("*/prompt/prompt.json"))

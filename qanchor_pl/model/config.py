@@ -57,10 +57,10 @@ class DataInputs:
 
 
 @dataclass(frozen=True)
-class QAnchorConfig:
-    """Everything needed to rebuild a :class:`~qanchor_pl.model.qanchor.QAnchorModel`."""
+class ModelSpec:
+    """The architecture of a Q-Anchor model, declared once: a pretraining recipe's ``model.arch``,
+    and (with the data's :class:`DataInputs`) the :class:`QAnchorConfig` in checkpoints and exports."""
 
-    inputs: DataInputs
     backbone: str = "tiny"  # "tiny" or a local folder / hub id for AutoModelForCausalLM
     tiny: TinyBackbone = TinyBackbone()
     lora: LoraSpec | None = LoraSpec()
@@ -74,7 +74,8 @@ class QAnchorConfig:
     # Which vector is the user embedding: "head" = the projection head's output (trained by the
     # contrastive loss); "hidden" = the L2-normalised <USER_EMB> hidden state itself (what training
     # defines when the contrastive loss is off and the head would stay at its random init).
-    embedding: str = "head"
+    # None: "head", and for pretraining "hidden" when the contrastive loss is off.
+    embedding: str | None = None
     # Add a learned map of the pooled modality tokens to the <USER_EMB> hidden state before the
     # head: a short path for the event statistics, which otherwise must survive every layer.
     head_residual: bool = False
@@ -83,7 +84,35 @@ class QAnchorConfig:
     # Embed each modality's event count into its token (the mean pooling is blind to it).
     event_counts: bool = False
 
+    @classmethod
+    def from_any(cls, value: Any) -> ModelSpec:
+        """From itself, None (defaults) or a dict with nested ``tiny``/``lora`` dicts (checkpoints)."""
+        if isinstance(value, ModelSpec):
+            return value
+        d = dict(value or {})
+        if "tiny" in d:
+            d["tiny"] = coerce(TinyBackbone, d["tiny"])
+        if d.get("lora") is not None:
+            d["lora"] = coerce(LoraSpec, d["lora"])
+        return coerce(cls, d)
+
+    def arch_fields(self) -> dict[str, Any]:
+        """The spec's fields as they are (nested dataclasses kept)."""
+        return {f.name: getattr(self, f.name) for f in fields(ModelSpec)}
+
+
+@dataclass(frozen=True)
+class QAnchorConfig(ModelSpec):
+    """Everything needed to rebuild a :class:`~qanchor_pl.model.qanchor.QAnchorModel`: the
+    architecture and what the model must know about the data."""
+
+    inputs: DataInputs | None = None  # required; a default only because the parent's fields have one
+
     def __post_init__(self) -> None:
+        if self.inputs is None:
+            raise ValueError("QAnchorConfig needs inputs (DataInputs from the data set)")
+        if self.embedding is None:
+            object.__setattr__(self, "embedding", "head")
         if self.embedding not in ("head", "hidden"):
             raise ValueError(f"embedding must be 'head' or 'hidden', got {self.embedding!r}")
 

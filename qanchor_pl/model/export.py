@@ -12,14 +12,12 @@ Layout of an export folder:
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from data_modules.util.atomic import atomic_dir
 from qanchor_pl.model import backbone as bb
 from qanchor_pl.model.config import QAnchorConfig
 from qanchor_pl.model.qanchor import QAnchorModel
@@ -30,14 +28,15 @@ MODULES = "qanchor_modules.safetensors"
 OWN_MODULES = ("user_encoder.", "special.", "head.")
 
 
-def export_model(model: QAnchorModel, out: str | Path, *, overwrite: bool = False) -> dict:
-    """Write ``model`` to ``out`` (built in a temp folder beside it, then renamed into place)."""
+def export_model(
+    model: QAnchorModel, out: str | Path, *, overwrite: bool = False, card: str | None = None
+) -> dict:
+    """Write ``model`` to ``out`` (built in a temp folder beside it, then renamed into place), with
+    ``card`` (markdown) as its README.md. Folders are 0755 and files 0644: an export is shared."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         cfg = model.config
         state = {
             k: v.detach().cpu().contiguous()
@@ -55,14 +54,18 @@ def export_model(model: QAnchorModel, out: str | Path, *, overwrite: bool = Fals
             base.save_pretrained(tmp / "backbone")
         meta = {"format": FORMAT, "config": cfg.to_dict(), "ships_backbone": ship_backbone}
         (tmp / CONFIG).write_text(json.dumps(meta, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        if card is not None:
+            (tmp / "README.md").write_text(card)
+        _share(tmp)
     files = {p.relative_to(out).as_posix(): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()}
     return {"out": str(out), "bytes": sum(files.values()), "files": files}
+
+
+def _share(folder: Path) -> None:
+    """Readable by everyone (mkdtemp makes 0700), writable by the owner."""
+    folder.chmod(0o755)
+    for path in folder.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def _tiny_base(model: QAnchorModel) -> torch.nn.Module:

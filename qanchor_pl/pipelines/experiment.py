@@ -18,38 +18,45 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data_modules.errors import DataError
+from data_modules.util.errors import DataError
 
-# name -> (table row, overrides of the pretraining recipe)
-VARIANTS: dict[str, tuple[str, list[str]]] = {
-    "base": ("Q-Anchor (base)", []),
-    "no-contrastive": ("w/o contrastive", ["--model.contrastive.enabled", "false"]),
-    "no-ntp": ("w/o NTP", ["--model.ntp_weight", "0"]),
-    "no-margin": ("w/o margin filter", ["--model.contrastive.margin", "null"]),
+# name -> (table row, dotted overrides of the pretraining recipe)
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "base": ("Q-Anchor (base)", {}),
+    "no-contrastive": ("w/o contrastive", {"model.contrastive.enabled": False}),
+    "no-ntp": ("w/o NTP", {"model.ntp_weight": 0}),
+    "no-margin": ("w/o margin filter", {"model.contrastive.margin": None}),
     "no-structural": (
         "w/o structural tokens",
-        ["--model.user_marker", "false", "--model.modality_markers", "false"],
+        {"model.arch.user_marker": False, "model.arch.modality_markers": False},
     ),
     # Model switches (issue 13): each a recipe override with its own row, kept only if it helps
     # on the validation split (`qanchor diagnose`).
-    "residual": ("+ residual path (pooled modality tokens into the head)", ["--model.head_residual", "true"]),
-    "wide-head": ("+ wider head (inner 1024)", ["--model.head_hidden", "1024"]),
-    "learnable-tau": ("+ learnable temperature", ["--model.contrastive.learnable_temperature", "true"]),
-    "event-time": ("+ event ages in the event tokens", ["--model.event_time", "true"]),
-    "event-counts": ("+ event counts in the modality tokens", ["--model.event_counts", "true"]),
+    "residual": (
+        "+ residual path (pooled modality tokens into the head)",
+        {"model.arch.head_residual": True},
+    ),
+    "wide-head": ("+ wider head (inner 1024)", {"model.arch.head_hidden": 1024}),
+    "learnable-tau": ("+ learnable temperature", {"model.contrastive.learnable_temperature": True}),
+    "event-time": ("+ event ages in the event tokens", {"model.arch.event_time": True}),
+    "event-counts": ("+ event counts in the modality tokens", {"model.arch.event_counts": True}),
     "time-counts": (
         "+ event ages and event counts",
-        ["--model.event_time", "true", "--model.event_counts", "true"],
+        {"model.arch.event_time": True, "model.arch.event_counts": True},
     ),
     # The contrastive loss on the L2-normalised <USER_EMB> hidden state itself (no head): the NTP-only
     # model's hidden state beat the contrastive head's output on validation.
-    "no-head": ("u = <USER_EMB> hidden state, contrastive on it (no head)", ["--model.embedding", "hidden"]),
+    "no-head": (
+        "u = <USER_EMB> hidden state, contrastive on it (no head)",
+        {"model.arch.embedding": "hidden"},
+    ),
 }
 # evaluate's baseline name -> table row
 BASELINE_ROWS = {
@@ -67,35 +74,58 @@ class ExperimentConfig:
     """One experiment: the data, the split, the recipes and sizes. ``None`` = derived / the recipe's."""
 
     raw: str = ""
+    """your raw folder (the raw-log contract: events/, users.parquet, scenarios.json, ...)"""
     out: str = "runs/experiment"
-    pretrain_recipe: str = "recipes/pretrain/tiny-cpu.yaml"
-    tune_recipe: str = "recipes/tune/tiny-cpu.yaml"
+    """the experiment folder; a rerun resumes (finished stages are skipped)"""
+    pretrain_recipe: str = "pretrain/tiny-cpu"
+    """the pretraining recipe (a shipped name or a file)"""
+    tune_recipe: str = "tune/tiny-cpu"
+    """the prompt-tuning recipe (a shipped name or a file)"""
     pretrain_steps: int | None = 200
+    """steps of each pretraining run (null: the recipe's)"""
     tune_steps: int | None = 70
+    """steps of each prompt-tuning run (null: the recipe's)"""
     tune_batch: int | None = 64
-    max_events: str | None = None  # build caps: "paper", "rate=64,workout=32"; None = defaults
-    modalities: str | None = None  # None = the raw folder's (modalities.json, else the events')
+    """users per prompt-tuning step (null: the recipe's)"""
+    max_events: str | None = None
+    """build caps: 'paper', 'rate=64,workout=32' (null: the defaults)"""
+    modalities: str | None = None
+    """comma-separated (null: the raw folder's modalities.json, else the events')"""
     timezone: str = "UTC"
+    """IANA time zone of calendar facts"""
     history_days: int = 90
-    future_days: int = 30  # the label window, and the D_future window of the pretraining data
+    """days of behaviour before each cutoff"""
+    future_days: int = 30
+    """the label window, and the D_future window of the pretraining data"""
     pretrain_cutoff: str | None = None
+    """ISO time (null: derived, one label window before the evaluation cutoff)"""
     eval_cutoff: str | None = None
+    """ISO time (null: derived, one label window before the end of the data)"""
     encoder: str = "minilm"
+    """event-text encoder: hash | minilm | a Hugging Face folder"""
     variants: str = "base,no-contrastive,no-ntp,no-margin,no-structural"
+    """pretraining variants, comma-separated, base required"""
     baselines: str = "minilm,mean-events,category-counts,event-counts,time-windows"
-    profile_tokens: int = 256  # all-MiniLM-L6-v2's own limit: the text baseline sees all it can
-    probe_c: str = "cv"  # the probe's C, or "cv": chosen by 3-fold cross-validation on train
-    qa_version: str = "templated"  # templated | NAME | templated+NAME: NAME is generated by qa-synth
-    qa_model: str | None = None  # the LLM folder qa-synth uses when qa_version names a generated version
-    qa_recipe: str | None = None  # a qa-synth recipe (its keys: QASynthConfig's fields)
+    """own-input and text baselines, comma-separated"""
+    profile_tokens: int = 256
+    """MiniLM token cap on the profile text (all-MiniLM-L6-v2's own limit)"""
+    probe_c: str = "cv"
+    """the probe's C, or 'cv': chosen by 3-fold cross-validation on train"""
+    qa_version: str = "templated"
+    """templated | NAME | templated+NAME: NAME is generated by qa-synth"""
+    qa_model: str | None = None
+    """the LLM folder qa-synth uses when qa_version names a generated version"""
+    qa_recipe: str | None = None
+    """a qa-synth recipe (its keys: QASynthConfig's fields)"""
     seed: int = 0
-    seeds: int = (
-        1  # > 1: that many experiments (seed, seed + 1, ...) in OUT/seed-S, summarised in OUT/seeds.md
-    )
-    # Results depend on the number of compute threads (reduction order in BLAS and torch kernels):
-    # pinned, for torch and for numpy/scikit-learn's BLAS, so a 64-core box repeats a 2-core table.
+    """the runs' seed"""
+    seeds: int = 1
+    """> 1: that many experiments (seed, seed + 1, ...) in OUT/seed-S, summarised in OUT/seeds.md"""
     threads: int = 2
+    """compute threads, pinned for torch and BLAS: results depend on reduction order, so a 64-core
+    box repeats a 2-core table"""
     timings: dict[str, float] = field(default_factory=dict)
+    """filled in by the run: seconds per stage"""
 
     def variant_names(self) -> list[str]:
         names = [v for v in self.variants.split(",") if v]
@@ -108,6 +138,9 @@ class ExperimentConfig:
 
 
 def status(msg: str) -> None:
+    """One stage line on stderr (silenced by ``qanchor --json``)."""
+    if os.environ.get("QANCHOR_QUIET"):
+        return
     print(f"[experiment] {msg}", file=sys.stderr, flush=True)
 
 
@@ -164,7 +197,7 @@ def derive_split(cfg: ExperimentConfig) -> TimeSplit:
     pretraining data's future window ending no later than the labels' start."""
     import polars as pl
 
-    from data_modules.raw import (
+    from data_modules.etl.raw import (
         RawInputs,
         check_timezone,
         default_cutoff,
@@ -172,7 +205,7 @@ def derive_split(cfg: ExperimentConfig) -> TimeSplit:
         resolve_cutoff,
         scan_events,
     )
-    from data_modules.schemas import event_modalities
+    from data_modules.etl.schemas import event_modalities
 
     tz = check_timezone(cfg.timezone)
     inputs = RawInputs.locate(cfg.raw)
@@ -205,9 +238,8 @@ def derive_split(cfg: ExperimentConfig) -> TimeSplit:
 # -- stages --------------------------------------------------------------------------------------
 def _data(cfg: ExperimentConfig, root: Path, split: TimeSplit) -> tuple[Path, Path]:
     """(pretraining data, evaluation data), built and encoded."""
-    from data_modules.build import BuildConfig, build
-    from data_modules.encode import encode_dataset
-    from data_modules.schemas import parse_caps
+    from data_modules.etl.build import BuildConfig, build
+    from data_modules.etl.encode import encode_dataset
 
     pretrain_data, eval_data = root / "data-pretrain", root / "data"
     with Stage(cfg, "build + encode"):
@@ -215,8 +247,8 @@ def _data(cfg: ExperimentConfig, root: Path, split: TimeSplit) -> tuple[Path, Pa
             if not (data / "manifest.json").exists():
                 build(BuildConfig(
                     raw=cfg.raw, out=str(data), cutoff=cutoff.isoformat() + "+00:00", timezone=cfg.timezone,
-                    history_days=cfg.history_days, future_days=cfg.future_days, max_events=parse_caps(cfg.max_events),
-                    modalities=tuple(cfg.modalities.split(",")) if cfg.modalities else None, split_seed=cfg.seed,
+                    history_days=cfg.history_days, future_days=cfg.future_days, max_events=cfg.max_events,
+                    modalities=cfg.modalities, split_seed=cfg.seed,
                 ))  # fmt: skip
             # skipped when already encoded by this encoder; the second build copies the texts the
             # first one encoded
@@ -226,8 +258,8 @@ def _data(cfg: ExperimentConfig, root: Path, split: TimeSplit) -> tuple[Path, Pa
 
 def _qa_synth(cfg: ExperimentConfig, data: Path) -> None:
     """Generate the LLM-written D_uqa the pretraining reads, when ``qa_version`` names one."""
-    from data_modules.manifest import Manifest
-    from data_modules.qa_synth import QASynthConfig, run_qa_synth
+    from data_modules.etl.manifest import Manifest
+    from data_modules.etl.qa_synth import QASynthConfig, run_qa_synth
 
     names = [n for n in cfg.qa_version.replace("both", "templated+llm").split("+") if n != "templated"]
     if not names or names[0] in Manifest.load(data).qa.get("versions", {}):
@@ -240,37 +272,41 @@ def _qa_synth(cfg: ExperimentConfig, data: Path) -> None:
     if cfg.qa_recipe:
         import yaml
 
-        settings = yaml.safe_load(Path(cfg.qa_recipe).read_text()) or {}
+        from qanchor_pl.recipes import find_recipe
+
+        settings = yaml.safe_load(find_recipe(cfg.qa_recipe).read_text()) or {}
     settings.update(data=str(data), model=cfg.qa_model, version=names[0], seed=cfg.seed)
     with Stage(cfg, f"qa-synth {names[0]}"):
         run_qa_synth(QASynthConfig(**settings))
 
 
 def _pretrain(cfg: ExperimentConfig, root: Path, data: Path, name: str) -> Path:
-    from qanchor_pl.lightning_cli import run_pretrain
     from qanchor_pl.model.export import export_model
     from qanchor_pl.model.load import load_model
+    from qanchor_pl.train.lightning_cli import run_pretrain
 
     export = root / "export" / name
     if (export / "qanchor_config.json").exists():
         return export
     run_dir = root / "pretrain" / name
-    steps = [] if cfg.pretrain_steps is None else ["--trainer.max_steps", str(cfg.pretrain_steps),
-                                                   "--model.contrastive.margin_warmup_steps", str(max(1, cfg.pretrain_steps // 4))]  # fmt: skip
+    steps = {} if cfg.pretrain_steps is None else {"trainer.max_steps": cfg.pretrain_steps,
+                                                   "model.contrastive.margin_warmup_steps": max(1, cfg.pretrain_steps // 4)}  # fmt: skip
     with Stage(cfg, f"pretrain {name}"):
-        run_pretrain(["--config", cfg.pretrain_recipe, "--seed_everything", str(cfg.seed), "--data.data", str(data),
-                      "--data.qa_version", cfg.qa_version, "--run_dir", str(run_dir), *steps,
-                      "--trainer.enable_progress_bar", "false", "--ckpt_path", "last", *VARIANTS[name][1]])  # fmt: skip
+        run_pretrain([cfg.pretrain_recipe], {
+            "seed_everything": cfg.seed, "data.data": str(data), "data.qa_version": cfg.qa_version,
+            "run_dir": str(run_dir), **steps, "trainer.enable_progress_bar": False, "ckpt_path": "last",
+            **VARIANTS[name][1]})  # fmt: skip
         export_model(load_model(run_dir / "checkpoints" / "last.ckpt"), export, overwrite=True)
     return export
 
 
 def _untrained(cfg: ExperimentConfig, root: Path, data: Path) -> Path:
     """The base model as initialised, never trained: for "prompt tuning without pretraining"."""
-    from data_modules.datamodule import UserUDataModule
+    from data_modules.loading.datamodule import UserUDataModule
     from qanchor_pl.model.config import DataInputs
     from qanchor_pl.model.export import export_model
-    from qanchor_pl.pretrain import PretrainModule
+    from qanchor_pl.recipes import find_recipe
+    from qanchor_pl.train.pretrain import PretrainModule
 
     export = root / "export" / "no-pretrain"
     if not (export / "qanchor_config.json").exists():
@@ -278,40 +314,41 @@ def _untrained(cfg: ExperimentConfig, root: Path, data: Path) -> Path:
         import yaml
 
         L.seed_everything(cfg.seed, verbose=False)
-        model_args = yaml.safe_load(Path(cfg.pretrain_recipe).read_text())["model"]
+        model_args = yaml.safe_load(find_recipe(cfg.pretrain_recipe).read_text())["model"]
         inputs = DataInputs(**UserUDataModule(str(data)).model_inputs())
         export_model(PretrainModule(**model_args, inputs=inputs).model, export, overwrite=True)
     return export
 
 
 def _tune(cfg: ExperimentConfig, root: Path, data: Path, model: Path, name: str) -> Path:
-    from data_modules.scenarios import load_scenarios
-    from qanchor_pl.lightning_cli import run_tune
+    from data_modules.etl.scenarios import load_scenarios
+    from qanchor_pl.train.lightning_cli import run_tune
 
     run_dir = root / "tune" / name
-    sizes = [*(["--trainer.max_steps", str(cfg.tune_steps)] if cfg.tune_steps is not None else []),
-             *(["--data.batch_size", str(cfg.tune_batch)] if cfg.tune_batch is not None else [])]  # fmt: skip
+    sizes = {**({"trainer.max_steps": cfg.tune_steps} if cfg.tune_steps is not None else {}),
+             **({"data.batch_size": cfg.tune_batch} if cfg.tune_batch is not None else {})}  # fmt: skip
     with Stage(cfg, f"tune {name} (every scenario)"):
         for s in load_scenarios(data / "scenarios.json"):
             if (run_dir / s.name / "prompt" / "prompt.json").exists():
                 continue
-            run_tune(["--config", cfg.tune_recipe, "--seed_everything", str(cfg.seed), "--model.pretrained", str(model),
-                      "--data.data", str(data), "--data.scenario", s.name, "--run_dir", str(run_dir), *sizes,
-                      "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
-                      "--ckpt_path", "last"])  # fmt: skip
+            run_tune([cfg.tune_recipe], {
+                "seed_everything": cfg.seed, "model.pretrained": str(model), "data.data": str(data),
+                "data.scenario": s.name, "run_dir": str(run_dir), **sizes, "trainer.limit_val_batches": 0,
+                "trainer.enable_progress_bar": False, "ckpt_path": "last"})  # fmt: skip
     return run_dir
 
 
 def _embed(
     cfg: ExperimentConfig, root: Path, data: Path, model: Path, name: str, prompts: Path | None
 ) -> Path:
-    from qanchor_pl.embed import run_embed
+    from qanchor_pl.config import EmbedConfig
+    from qanchor_pl.serve.embed import run_embed
 
     out = root / "embed" / name
     if not (out / "manifest.json").exists():
         with Stage(cfg, f"embed {name}"):
-            run_embed(model=str(model), data=str(data), scenarios="all", out=str(out),
-                      prompts=str(prompts) if prompts else None, accelerator="auto", batch_size=128)  # fmt: skip
+            run_embed(EmbedConfig(model=str(model), data=str(data), out=str(out), batch_size=128,
+                                  prompts=str(prompts) if prompts else None))  # fmt: skip
     return out
 
 
@@ -364,8 +401,9 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
 
 
 def _run(cfg: ExperimentConfig) -> dict[str, Any]:
-    from data_modules.atomic import atomic_path, write_json
-    from qanchor_pl.evaluate import BASELINES, comparisons_markdown, markdown, run_evaluate
+    from data_modules.util.atomic import atomic_path, write_json
+    from qanchor_pl.config import EvaluateConfig
+    from qanchor_pl.eval.evaluate import BASELINES, comparisons_markdown, markdown, run_evaluate
 
     t0 = time.perf_counter()
     root = Path(cfg.out)
@@ -393,10 +431,11 @@ def _run(cfg: ExperimentConfig) -> dict[str, Any]:
     # Validation first (the figures choices are made on), then the test split, read for the table.
     for part, folder in (("validation", "validation"), ("test", "report")):
         with Stage(cfg, f"evaluate ({part})"):
-            run_evaluate(embeddings=[str(p) for p in rows.values()], names=list(rows), data=str(data),
-                         out=str(root / folder), baselines=baselines, profile_tokens=cfg.profile_tokens,
-                         compare=pairs, probe_c=probe_c, split=part, val_seed=cfg.seed,
-                         minilm_cache=str(root / "report"))  # fmt: skip
+            run_evaluate(EvaluateConfig(
+                embeddings=[str(p) for p in rows.values()], names=list(rows), data=str(data),
+                out=str(root / folder), baselines=",".join(baselines) or "none",
+                profile_tokens=cfg.profile_tokens, compare=pairs, probe_c=probe_c, split=part,
+                val_seed=cfg.seed, minilm_cache=str(root / "report")))  # fmt: skip
     val_rows, val_compared = _named(root / "validation" / "metrics.json")
     table_rows, compared = _named(root / "report" / "metrics.json")
     metrics = json.loads((root / "report" / "metrics.json").read_text())

@@ -66,7 +66,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
 
 def run_seeds(cfg, run_one) -> dict[str, Any]:
     """``cfg.seeds`` experiments (seeds ``cfg.seed`` ...), each resumable, then ``seeds.md``/``seeds.json``."""
-    from data_modules.atomic import atomic_path, write_json
+    from data_modules.util.atomic import atomic_path, write_json
 
     root = Path(cfg.out)
     seeds = [cfg.seed + k for k in range(cfg.seeds)]

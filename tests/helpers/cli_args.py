@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-RECIPE = "recipes/pretrain/tiny-cpu.yaml"
-TUNE = "recipes/tune/tiny-cpu.yaml"
+RECIPE = "pretrain/tiny-cpu"  # a shipped recipe, found from any working directory
+TUNE = "tune/tiny-cpu"
 SMALL = ["--data.batch_size", "16", "--data.buffer_size", "64", "--trainer.log_every_n_steps", "1",
          "--throughput.window", "2", "--trainer.enable_progress_bar", "false",
-         "--model.tiny.hidden_size", "64", "--model.tiny.intermediate_size", "128", "--model.head_hidden", "64",
+         "--model.arch.tiny.hidden_size", "64", "--model.arch.tiny.intermediate_size", "128", "--model.arch.head_hidden", "64",
          "--model.warmup_steps", "2", "--data.max_answer_tokens", "32"]  # fmt: skip
-LORA = ["--model.lora.r", "4", "--model.lora.alpha", "8", "--model.lora.dropout", "0.1"]
+LORA = ["--model.arch.lora.r", "4", "--model.arch.lora.alpha", "8", "--model.arch.lora.dropout", "0.1"]
 
 
 def pretrain_args(data, run_dir, steps, *extra) -> list[str]:

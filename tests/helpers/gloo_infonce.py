@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from qanchor_pl.losses import anchored_infonce
+from qanchor_pl.train.losses import anchored_infonce
 from tests.helpers.infonce_case import make_case, make_towers
 
 

@@ -14,7 +14,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from data_modules.datamodule import UserUDataModule
+from data_modules.loading.datamodule import UserUDataModule
 
 
 class RecordingModule(L.LightningModule):

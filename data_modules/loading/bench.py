@@ -1,0 +1,108 @@
+"""``qanchor bench data``: samples per second and peak memory of the streaming loader."""
+
+from __future__ import annotations
+
+import platform
+import threading
+import time
+from dataclasses import dataclass
+
+import psutil
+
+from data_modules.loading.datamodule import UserStreamLoader, UserUDataModule
+from data_modules.util.errors import DataError
+
+
+class _PeakRSS:
+    """Samples the resident memory of this process and its loader workers every 50 ms."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            try:
+                rss = me.memory_info().rss + sum(c.memory_info().rss for c in me.children(recursive=True))
+            except psutil.Error:
+                rss = 0
+            self.peak = max(self.peak, rss)
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> _PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass
+class BenchDataConfig:
+    """Samples per second and peak memory of the streaming pretraining loader."""
+
+    data: str
+    """a built and encoded data set"""
+    workers: int = 0
+    """loader worker processes"""
+    batch_size: int = 32
+    """users per batch"""
+    batches: int = 0
+    """batches to time; 0 = one full epoch"""
+    max_events: str | None = None
+    """loader-side caps (<= the build's), e.g. 'paper'"""
+    tokenizer: str | None = None
+    """default: the data set's own tokenizer"""
+
+
+def bench_data(cfg: BenchDataConfig) -> dict:
+    """Time one epoch (or ``batches`` batches) of the pretraining loader after one warm-up batch."""
+    data, workers, batch_size, batches = cfg.data, cfg.workers, cfg.batch_size, cfg.batches
+    max_events, tokenizer = cfg.max_events, cfg.tokenizer
+    dm = UserUDataModule(
+        str(data), tokenizer=tokenizer, batch_size=batch_size, num_workers=workers, max_events=max_events
+    )
+    dataset = dm.make_dataset()
+    loader = UserStreamLoader(dataset, num_workers=workers)
+    with _PeakRSS() as mem:
+        it = iter(loader)
+        first = next(it, None)
+        if first is None:
+            raise DataError(data, "no users to load: nothing to time", expected="a data set with users")
+        t0 = time.perf_counter()
+        n_samples = n_batches = n_tokens = n_events = 0
+        for batch in it:
+            n_batches += 1
+            n_samples += len(batch["user_id"])
+            n_tokens += int(batch["query_mask"].sum() + batch["answer_mask"].sum())
+            n_events += int(sum(m.sum() for m in batch["event_mask"].values()))
+            if batches and n_batches >= batches:
+                break
+        seconds = time.perf_counter() - t0
+    if not n_batches:
+        raise DataError(
+            data, f"one batch of {batch_size} holds every user: nothing to time after the warm-up batch",
+            expected="more users than --batch_size, or a smaller --batch_size",
+        )  # fmt: skip
+    per_sample_events = {m: int(v.shape[1]) for m, v in first["events"].items()}
+    return {
+        "bench": "data",
+        "data": str(data),
+        "workers": workers,
+        "batch_size": batch_size,
+        "caps": dm.caps,
+        "event_dim": int(next(iter(first["events"].values())).shape[-1]),
+        "first_batch_event_tokens": per_sample_events,
+        "batches": n_batches,
+        "samples": n_samples,
+        "seconds": round(seconds, 3),
+        "samples_per_s": round(n_samples / seconds, 1),
+        "samples_per_s_per_worker": round(n_samples / seconds / max(workers, 1), 1),
+        "events_per_sample": round(n_events / max(n_samples, 1), 1),
+        "tokens_per_sample": round(n_tokens / max(n_samples, 1), 1),
+        "peak_rss_mb": round(mem.peak / 2**20, 1),
+        "cpu": platform.processor() or platform.machine(),
+    }

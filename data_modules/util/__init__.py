@@ -1,0 +1,1 @@
+"""Small helpers with one home each: atomic writes, stable hashing, errors."""

@@ -1,0 +1,1 @@
+"""Benchmarks (`qanchor bench ...`): each returns one JSON-able dict."""

@@ -1,0 +1,1 @@
+"""Evaluation: the linear probe, the baselines, significance, the report, diagnostics."""

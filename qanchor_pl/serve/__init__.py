@@ -1,0 +1,1 @@
+"""Serving: multi-scenario embedding with the prefix KV cache, and exports with their model card."""

@@ -1,0 +1,1 @@
+"""Training: the LightningModules, their losses and optimiser, the run-folder rules (LightningCLI) and checkpoint IO."""
