@@ -21,7 +21,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -198,15 +198,25 @@ def _split_global_flags(argv: list[str]) -> tuple[list[str], bool, bool]:
     return [a for a in argv if a not in ("-v", "--verbose", "--json")], verbose, machine
 
 
-def _configure_logging(verbose: bool) -> None:
-    """Quiet by default: warnings of the libraries and their INFO banners only with ``-v``."""
-    level = logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
-    if not verbose:
-        import warnings
+@contextlib.contextmanager
+def quiet_unless(verbose: bool) -> Iterator[None]:
+    """Quiet by default: no INFO records (Lightning resets its loggers' levels on import, so levels
+    alone do not hold) and no library warnings; ``-v`` shows both. Undone on exit (in-process use)."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", force=True)  # fmt: skip
+    if verbose:
+        yield
+        return
+    import warnings
 
-        for category in (UserWarning, FutureWarning, DeprecationWarning):
-            warnings.filterwarnings("ignore", category=category)
+    logging.disable(logging.INFO)
+    try:
+        with warnings.catch_warnings():
+            for category in (UserWarning, FutureWarning, DeprecationWarning):
+                warnings.filterwarnings("ignore", category=category)
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 class UsageError(Exception):
@@ -247,12 +257,8 @@ def _quiet_deepspeed_logger(argv: list[str]) -> None:
             importlib.import_module("deepspeed")
 
 
-def _run_lightning(argv: list[str], verbose: bool) -> None:
+def _run_lightning(argv: list[str]) -> None:
     from qanchor_pl.train import lightning_cli
-
-    level = logging.INFO if verbose else logging.WARNING
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):  # set on import: set again here
-        logging.getLogger(name).setLevel(level)
 
     getattr(lightning_cli, LIGHTNING[argv[0]][0])(argv[1:])
 
@@ -260,12 +266,12 @@ def _run_lightning(argv: list[str], verbose: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     argv, verbose, machine = _split_global_flags(normalise_option_names(argv))
-    _configure_logging(verbose)
     quiet_before = os.environ.get("QANCHOR_QUIET")
     if machine:
         os.environ["QANCHOR_QUIET"] = "1"  # the pipelines' stage lines (status()); child ranks inherit it
     try:
-        return _main(argv, verbose)
+        with quiet_unless(verbose):
+            return _main(argv, verbose)
     finally:  # main() called in-process (tests, notebooks) leaves the environment as it was
         if quiet_before is None:
             os.environ.pop("QANCHOR_QUIET", None)
@@ -284,7 +290,7 @@ def _main(argv: list[str], verbose: bool) -> int:
         # stdout carries only the JSON result; libraries that print (DeepSpeed's logger) go to stderr
         with contextlib.redirect_stdout(sys.stdout if asks_for_text else sys.stderr):
             if parsed is None:
-                _run_lightning(argv, verbose)
+                _run_lightning(argv)
                 return 0  # LightningCLI commands print their own summary line
             spec, config = parsed
             result = _load(spec.run)(config)
