@@ -124,6 +124,13 @@ def test_evaluate_writes_metrics_table_and_tensorboard(built, pretrained, tmp_pa
     roc = tb[f"roc/{scenarios[0]}/Q-Anchor"]
     assert roc[0] == (0, roc[0][1]) and roc[-1][0] == 1000 and abs(roc[-1][1] - 1.0) < 1e-6
     assert list((tmp_path / "rep" / "tensorboard").rglob("projector_config.pbtxt"))
+    # written back to the training run: its hyperparameters with the probe's Avg AUC/KS (HPARAMS view)
+    probe_run = pretrained.parent.parent / "tensorboard" / "run" / "probe-test-Q-Anchor"
+    back = scalars(probe_run)
+    assert back["hp/probe_avg_auc"][0][1] == pytest.approx(
+        metrics["rows"]["Q-Anchor"]["Avg"]["auc"], rel=1e-6
+    )
+    assert back["hp/probe_avg_ks"][0][1] == pytest.approx(metrics["rows"]["Q-Anchor"]["Avg"]["ks"], rel=1e-6)
 
 
 def test_kv_cache_bench_reports_speedups():

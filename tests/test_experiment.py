@@ -73,6 +73,10 @@ def test_experiment_on_own_logs_end_to_end(other_raw, tmp_path):
         ev["cutoff"]
     )
     assert scalars(out / "pretrain/base/tensorboard/run")["train/loss"]
+    probe = scalars(
+        out / "pretrain/base/tensorboard/run/probe-test-Q-Anchor_base_"
+    )  # written back by evaluate
+    assert probe["hp/probe_avg_auc"][0][1] == pytest.approx(report["table"]["Q-Anchor (base)"]["Avg"]["auc"])
     assert pre["qa"]["versions"]["llm"]["counts"]["prompts"] == pre["counts"]["users"]  # one topic each
     config = yaml.safe_load((out / "pretrain/base/tensorboard/run/config.yaml").read_text())
     assert config["data"]["qa_version"] == "templated+llm"

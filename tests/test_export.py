@@ -62,6 +62,8 @@ def test_export_round_trip(built, tmp_path, local_backbone, kind):
     export = tmp_path / "export"
     assert export.stat().st_mode & 0o777 == 0o755
     assert all(p.stat().st_mode & 0o777 == (0o755 if p.is_dir() else 0o644) for p in export.rglob("*"))
+    meta = json.loads((export / "qanchor_config.json").read_text())
+    assert meta["source_checkpoint"] == str(ckpt.resolve())  # evaluate writes probe results back there
     card = (export / "README.md").read_text()
     assert sha256_file(built / "manifest.json") in card and "load_export" in card
     assert "checkpoint step: 2" in card and ("LoRA r=4" in card) == (kind != "tiny-full")

@@ -40,6 +40,7 @@ from data_modules.util.atomic import atomic_dir, atomic_path, write_json
 from qanchor_pl.config import EvaluateConfig
 from qanchor_pl.eval.probe import probe
 from qanchor_pl.eval.significance import bootstrap_avg_auc, paired_delta
+from qanchor_pl.eval.writeback import write_back
 
 log = logging.getLogger(__name__)
 BASELINES = ("minilm", "mean-events", "category-counts", "event-counts", "time-windows")
@@ -439,6 +440,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         metrics, curves[name] = evaluate_features(feats, data_dir, chosen, probe_c, split, val_seed)
         rows[name] = with_average(metrics)
         seconds[name] = _timed(name, rows[name], split, t0)
+        if rows[name]["Avg"]["auc"] is not None:  # into the training run's HPARAMS view
+            write_back(Path(folder), name, split, rows[name]["Avg"]["auc"], rows[name]["Avg"]["ks"])
         if projector is None:
             projector = _projector_sample(feats, data_dir, chosen, projector_users)
     boots = {name: bootstrap_avg_auc(curves[name], n_boot) for name in rows if curves[name]}

@@ -29,7 +29,12 @@ OWN_MODULES = ("user_encoder.", "special.", "head.")
 
 
 def export_model(
-    model: QAnchorModel, out: str | Path, *, overwrite: bool = False, card: str | None = None
+    model: QAnchorModel,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    card: str | None = None,
+    source: str | Path | None = None,
 ) -> dict:
     """Write ``model`` to ``out`` (built in a temp folder beside it, then renamed into place), with
     ``card`` (markdown) as its README.md. Folders are 0755 and files 0644: an export is shared."""
@@ -52,7 +57,8 @@ def export_model(
             # with LoRA, the base WITHOUT the injected adapter layers
             base = _tiny_base(model) if cfg.lora is not None else bb.base_causal_lm(model.backbone)
             base.save_pretrained(tmp / "backbone")
-        meta = {"format": FORMAT, "config": cfg.to_dict(), "ships_backbone": ship_backbone}
+        meta = {"format": FORMAT, "config": cfg.to_dict(), "ships_backbone": ship_backbone,
+                "source_checkpoint": str(Path(source).resolve()) if source else None}  # fmt: skip
         (tmp / CONFIG).write_text(json.dumps(meta, indent=2))
         if card is not None:
             (tmp / "README.md").write_text(card)

@@ -296,7 +296,8 @@ def _pretrain(cfg: ExperimentConfig, root: Path, data: Path, name: str) -> Path:
             "seed_everything": cfg.seed, "data.data": str(data), "data.qa_version": cfg.qa_version,
             "run_dir": str(run_dir), **steps, "trainer.enable_progress_bar": False, "ckpt_path": "last",
             **VARIANTS[name][1]})  # fmt: skip
-        export_model(load_model(run_dir / "checkpoints" / "last.ckpt"), export, overwrite=True)
+        last = run_dir / "checkpoints" / "last.ckpt"
+        export_model(load_model(last), export, overwrite=True, source=last)
     return export
 
 

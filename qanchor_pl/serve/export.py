@@ -90,4 +90,4 @@ def export_checkpoint(ckpt: str, out: str, *, overwrite: bool = False) -> dict:
     module = PretrainModule.load_from_checkpoint(path, map_location="cpu", strict=False)
     raw = torch.load(path, map_location="cpu", weights_only=False)
     card = model_card(path, raw, module.model.config, Path(out))
-    return export_model(module.model, out, overwrite=overwrite, card=card)
+    return export_model(module.model, out, overwrite=overwrite, card=card, source=path)
