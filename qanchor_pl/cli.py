@@ -13,6 +13,7 @@ line, ``error: WHAT``, and exit code 2; ``-v`` shows the traceback. The result i
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import importlib
@@ -21,7 +22,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -223,7 +224,14 @@ class UsageError(Exception):
     """A user mistake the CLI reports as one line with exit code 2."""
 
 
-USER_ERRORS: tuple[type[BaseException], ...] = (UsageError, ValueError, OSError, KeyError)
+# argparse.ArgumentError: what jsonargparse raises for a bad option or value
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    UsageError,
+    ValueError,
+    OSError,
+    KeyError,
+    argparse.ArgumentError,
+)
 
 
 def _one_line(err: BaseException) -> str:
@@ -296,12 +304,6 @@ def _main(argv: list[str], verbose: bool) -> int:
             result = _load(spec.run)(config)
     except USER_ERRORS as err:
         return _fail(err, verbose)
-    except Exception as err:  # jsonargparse's ArgumentError is an argparse.ArgumentError
-        import argparse
-
-        if isinstance(err, argparse.ArgumentError):
-            return _fail(err, verbose)
-        raise
     if isinstance(result, dict):
         result.setdefault("seconds", round(time.perf_counter() - t0, 2))
     print(json.dumps(result, default=str))
@@ -315,13 +317,6 @@ def _fail(err: BaseException, verbose: bool) -> int:
         traceback.print_exception(err, file=sys.stderr)
     print(f"error: {_one_line(err)}", file=sys.stderr)
     return 2
-
-
-def run_command(name: str, config: Any) -> dict:
-    """The Python door: run command ``name`` (``bench data`` for benchmarks) on its config object."""
-    table, key = (BENCH, name.split(" ", 1)[1]) if name.startswith("bench ") else (COMMANDS, name)
-    run: Callable[[Any], dict] = _load(table[key].run)
-    return run(config)
 
 
 if __name__ == "__main__":

@@ -157,11 +157,15 @@ class QAnchorCLI(LightningCLI):
             return None
         return str(max(existing, key=lambda p: p.stat().st_mtime))
 
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        # The module and the data both have a `seed`; Lightning refuses to merge differing values
+        # (`--data.seed 1` crashed), on every fit of this CLI's objects (bench train's too).
+        # HParamsWithMetrics logs the data's hparams, prefixed with `data.`.
+        self.datamodule._log_hyperparams = False
+
     def fit(self) -> None:
         self.before_fit()
-        # The module and the data both have a `seed`; Lightning refuses to merge differing values
-        # (`--data.seed 1` crashed). HParamsWithMetrics logs the data's, prefixed with `data.`.
-        self.datamodule._log_hyperparams = False
         self.trainer.fit(self.model, datamodule=self.datamodule, ckpt_path=self.resume_path())
 
     def summary(self) -> dict[str, Any]:
