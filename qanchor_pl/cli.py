@@ -20,6 +20,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -234,8 +235,12 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+_LINK_FAILED = re.compile(r"^Call to compute_fn of link .*? failed: ", re.S)
+
+
 def _one_line(err: BaseException) -> str:
     text = str(err) if not isinstance(err, KeyError) else f"unknown name {err}"
+    text = _LINK_FAILED.sub("", text)  # jsonargparse's wrapper around an error raised by a link
     return " ".join(part.strip() for part in text.splitlines() if part.strip()) or type(err).__name__
 
 

@@ -11,50 +11,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data_modules.etl.build import BuildConfig, build
 from data_modules.etl.manifest import Manifest
-from data_modules.etl.scenarios import Scenario, save_scenarios
 from data_modules.loading.datamodule import UserUDataModule
 from data_modules.util.errors import DataError
 from tests.conftest import run_qanchor
-
-CUT = dt.datetime(2026, 4, 1)
-
-
-def _events(**override):
-    cols = {
-        "user_id": ["a", "a", "b", "b", "c"],
-        "modality": ["bill", "app", "bill", "search", "bill"],
-        "ts": pa.array([CUT - dt.timedelta(days=d) for d in (1, 2, 3, 4, 5)], pa.timestamp("us")),
-        "text": ["Paid 5 CNY at X", "Used app Y", "Paid 7 CNY at X", "Searched 'z'", "Paid 9 CNY at X"],
-        "category": ["shop", "apps", "shop", "search", "shop"],
-        "value": [5.0, None, 7.0, None, 9.0],
-    }
-    cols.update(override)
-    return pa.table({k: v for k, v in cols.items() if v is not None})
-
-
-def _users(**override):
-    cols = {"user_id": ["a", "b", "c"], "age": [30, 40, 50], "balance": [1.0, 2.0, 3.0]}
-    cols.update(override)
-    return pa.table(cols)
-
-
-def _raw(tmp_path, events=None, users=None):
-    raw = tmp_path / "raw"
-    (raw / "events").mkdir(parents=True, exist_ok=True)
-    pq.write_table(events if events is not None else _events(), raw / "events" / "part-0.parquet")
-    pq.write_table(users if users is not None else _users(), raw / "users.parquet")
-    save_scenarios(raw / "scenarios.json", [Scenario("Shop", "Will the user shop?", "Retail", ("shop",))])
-    return raw
-
-
-def _build(raw, tmp_path, **kw):
-    return build(
-        BuildConfig(
-            raw=str(raw), out=str(tmp_path / "data"), cutoff=CUT.isoformat(), tokenizer_vocab=300, **kw
-        )
-    )
+from tests.helpers.small_raw import CUT
+from tests.helpers.small_raw import build_small as _build
+from tests.helpers.small_raw import events_table as _events
+from tests.helpers.small_raw import users_table as _users
+from tests.helpers.small_raw import write_raw as _raw
 
 
 def test_missing_column_names_file_and_column(tmp_path):

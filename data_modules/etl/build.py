@@ -18,6 +18,7 @@ The pipeline is lazy polars end to end; memory is bounded by one shard of users 
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ import pyarrow as pa
 
 from data_modules.etl.manifest import Manifest, file_entry
 from data_modules.etl.modality_meta import meta_to_json, resolve_modalities_meta
+from data_modules.etl.names import check_name
 from data_modules.etl.raw import (
     RawInputs,
     check_timezone,
@@ -64,9 +66,10 @@ from data_modules.etl.supervision import (
 )
 from data_modules.etl.topics import save_topics
 from data_modules.loading.tokenizer import train_tokenizer
-from data_modules.util.atomic import write_parquet
+from data_modules.util.atomic import atomic_dir, stale_siblings, write_parquet
 from data_modules.util.errors import DataError
 from data_modules.util.hashing import stable_fraction, stable_hash64
+from data_modules.util.lock import FolderLock
 
 
 @dataclass
@@ -151,8 +154,24 @@ class _Plan:
 
 
 def build(cfg: BuildConfig) -> Manifest:
-    """Run the whole build, step by step; returns the manifest written last to ``cfg.out``."""
-    plan, events, users_table = _read_inputs(cfg)
+    """Run the whole build into a temporary folder beside ``cfg.out`` and swap it into place at the
+    end, so a killed rebuild leaves the old data set whole (never old and new files mixed); one
+    build at a time per folder. Returns the manifest."""
+    final = Path(cfg.out)
+    if final.exists() and any(final.iterdir()) and not (final / "manifest.json").exists():
+        raise DataError(final, "is not empty and holds no manifest.json: not a data set to rebuild",
+                        expected="an empty or new folder, or a data set built before")  # fmt: skip
+    with FolderLock(final.with_name(f".{final.name}.lock"), f"data set {final}"):
+        for stale in stale_siblings(final):  # left by a killed build (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
+        with atomic_dir(final) as staging:
+            manifest = _build_into(cfg, staging)
+    return manifest
+
+
+def _build_into(cfg: BuildConfig, out: Path) -> Manifest:
+    """The build's steps, writing into ``out``; the manifest is written last."""
+    plan, events, users_table = _read_inputs(cfg, out)
     events = _cut_windows(plan, events)
     plan.kept = _select_users(events, users_table, plan.skipped)
     shard_map = _assign_shards(plan.kept, cfg.users_per_shard)
@@ -196,16 +215,16 @@ def build(cfg: BuildConfig) -> Manifest:
     return manifest
 
 
-def _read_inputs(cfg: BuildConfig) -> tuple[_Plan, pl.LazyFrame, pl.DataFrame | None]:
+def _read_inputs(cfg: BuildConfig, out: Path) -> tuple[_Plan, pl.LazyFrame, pl.DataFrame | None]:
     """Step 1: locate and check the raw inputs, resolve modalities, caps, metadata and the cutoff."""
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     inputs = RawInputs.locate(
         cfg.raw, events=cfg.events, users=cfg.users, scenarios=cfg.scenarios, labels=cfg.labels, qa=cfg.qa,
         topics=cfg.topics, modalities_meta=cfg.modalities_meta,
     )  # fmt: skip
     tz = check_timezone(cfg.timezone)
     modalities = cfg.modality_list() or infer_modalities(inputs)
+    for m in modalities:  # each names vocab/<m>.parquet and vectors/<m>.npy
+        check_name(m, "--modalities" if cfg.modalities else "modality (from the events or modalities.json)")
     event_mods = event_modalities(modalities)
     if not event_mods:
         raise ValueError("modalities must name at least one event modality")

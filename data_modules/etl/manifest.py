@@ -64,17 +64,18 @@ class Manifest:
         """Check that files exist with the recorded size and sha256; raise naming the first mismatch."""
         root = Path(root)
         for name in names if names is not None else sorted(self.files):
-            entry = self.files[name]
-            path = root / name
-            if not path.exists():
-                raise DataError(path, "listed in the manifest but missing")
-            size = path.stat().st_size
-            if size != entry["bytes"]:
-                raise DataError(
-                    path, f"size {size} bytes differs from the manifest's {entry['bytes']} (truncated?)"
-                )
-            digest = sha256_file(path)
-            if digest != entry["sha256"]:
-                raise DataError(
-                    path, f"checksum mismatch: sha256 {digest[:12]}... != manifest {entry['sha256'][:12]}..."
-                )
+            verify_file(root / name, self.files[name])
+
+
+def verify_file(path: Path, entry: dict) -> None:
+    """``path`` exists with the size and sha256 of its manifest ``entry``, else a DataError naming it."""
+    if not path.exists():
+        raise DataError(path, "listed in the manifest but missing")
+    size = path.stat().st_size
+    if size != entry["bytes"]:
+        raise DataError(path, f"size {size} bytes differs from the manifest's {entry['bytes']} (truncated?)")
+    digest = sha256_file(path)
+    if digest != entry["sha256"]:
+        raise DataError(
+            path, f"checksum mismatch: sha256 {digest[:12]}... != manifest {entry['sha256'][:12]}..."
+        )

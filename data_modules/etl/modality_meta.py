@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from data_modules.etl.names import check_name
 from data_modules.util.atomic import read_json
 from data_modules.util.errors import DataError
 
@@ -53,6 +54,7 @@ def read_modalities_meta(path: str | Path) -> list[ModalityMeta]:
     for i, item in enumerate(raw):
         if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item["name"]:
             raise DataError(path, "entry has no 'name'", row=i, expected="an object with a non-empty name")
+        check_name(item["name"], path, row=i)  # it names vocab/<name>.parquet and vectors/<name>.npy
         unknown = set(item) - {"name", "description", "unit", "value_kind"}
         if unknown:
             raise DataError(

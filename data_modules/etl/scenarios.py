@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from data_modules.etl.names import check_name
 from data_modules.util.atomic import read_json
 from data_modules.util.errors import DataError
 
@@ -51,6 +52,7 @@ def load_scenarios(path: str | Path) -> list[Scenario]:
         for key in ("name", "query"):
             if not isinstance(item.get(key), str) or not item[key].strip():
                 raise DataError(path, f"scenario has no '{key}'", row=where, expected="a non-empty string")
+        check_name(item["name"], path, row=where)  # it names benchmarks/<name>.parquet and run folders
         if item["name"] in seen:
             raise DataError(path, "duplicate scenario name", row=where)
         seen.add(item["name"])

@@ -30,7 +30,8 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
 @contextlib.contextmanager
 def atomic_dir(final: str | Path) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``final``; if the block succeeds it replaces ``final``
-    (an existing one is removed first), else it is removed: readers see the old folder or the new."""
+    in one step (see :func:`replace_dir`), else it is removed: readers see the old folder or the new,
+    never a mixture."""
     import shutil
     import tempfile
 
@@ -40,11 +41,51 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     tmp.chmod(0o755)  # mkdtemp makes 0700: the result is shared like any other folder
     try:
         yield tmp
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        replace_dir(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def stale_siblings(final: str | Path) -> list[Path]:
+    """Temporary folders :func:`atomic_dir` left beside ``final`` when its process was killed
+    (only safe to remove while holding ``final``'s lock)."""
+    final = Path(final)
+    return sorted(final.parent.glob(f".{final.name}.tmp-*"))
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    fn = getattr(libc, "renameat2", None)
+    if fn is None:
+        return False
+    at_fdcwd = -100
+    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0
+
+
+def replace_dir(new: str | Path, final: str | Path) -> None:
+    """Put folder ``new`` at ``final``, replacing an existing ``final`` in one atomic swap where the
+    system allows (the old folder ends at ``new`` and is removed); elsewhere by two renames."""
+    import shutil
+
+    new, final = Path(new), Path(final)
+    if not final.exists():
+        os.replace(new, final)
+        return
+    if not _exchange(new, final):
+        aside = final.with_name(f".{final.name}.tmp-old-{os.getpid()}")
+        os.replace(final, aside)
+        os.replace(new, final)
+        new = aside
+    shutil.rmtree(new, ignore_errors=True)
 
 
 def write_json(path: str | Path, obj: Any) -> None:

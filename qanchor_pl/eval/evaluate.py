@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import pyarrow.parquet as pq
 import torch
 from scipy import sparse
 from torchmetrics.functional.classification import binary_auroc, binary_roc
@@ -37,6 +36,7 @@ from data_modules.etl.encode import load_vectors
 from data_modules.etl.manifest import Manifest
 from data_modules.etl.scenarios import load_scenarios
 from data_modules.util.atomic import atomic_dir, atomic_path, write_json
+from data_modules.util.errors import DataError
 from qanchor_pl.config import EvaluateConfig
 from qanchor_pl.eval.probe import probe
 from qanchor_pl.eval.significance import bootstrap_avg_auc, paired_delta
@@ -58,7 +58,9 @@ def auc_ks(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
 
 
 def benchmark(data: Path, scenario: str) -> pl.DataFrame:
-    path = data / "benchmarks" / f"{scenario}.parquet"
+    from data_modules.etl.names import check_name
+
+    path = data / "benchmarks" / f"{check_name(scenario, '--scenarios')}.parquet"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no benchmark for scenario '{scenario}'")
     return pl.read_parquet(path)
@@ -123,8 +125,16 @@ def _probe_scenario(
             f"scenario '{name}': {len(missing)} benchmark users have no embedding (e.g. {missing[:3]})"
         )
     parts = {}
+    where = data / "benchmarks" / f"{name}.parquet"
     for part in ("train", "test"):  # (not `split`: that names the table being made)
         b = bench.filter(pl.col("split") == part)
+        if b.height == 0:
+            raise DataError(
+                where, f"the {split} table's {part} part has no users", expected="users in both parts"
+            )
+        if part == "train" and b["label"].n_unique() < 2:
+            raise DataError(where, f"every {part} user of the {split} table has label {b['label'][0]}: "
+                                   "the probe cannot be fit", expected="both labels among the train users")  # fmt: skip
         idx = np.array([row[u] for u in b["user_id"].to_list()])
         parts[part] = (mat[idx], b["label"].to_numpy().astype(np.int64))
     test_labels = parts["test"][1]
@@ -143,9 +153,9 @@ def _probe_scenario(
 # -- feature sources ----------------------------------------------------------------------------
 def embedding_features(folder: Path) -> dict[str, tuple[list[str], np.ndarray]]:
     """scenario -> (user ids, [N, E]) from a ``qanchor embed`` output folder."""
-    if not (folder / "manifest.json").exists():
-        raise FileNotFoundError(f"{folder}: no manifest.json; is the embedding job finished?")
-    table = pq.ParquetDataset(folder / "parts").read()
+    from qanchor_pl.serve.embed import read_embeddings
+
+    table = read_embeddings(folder)
     out = {}
     scen = np.array(table.column("scenario").to_pylist())
     users = np.array(table.column("user_id").to_pylist())
@@ -416,8 +426,16 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     probe_c, split, val_seed, minilm_cache = cfg.probe_c, cfg.split, cfg.val_seed, cfg.minilm_cache
     data_dir, out_dir = Path(data), Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # every file the build and encode listed (benchmarks, shards, vocabularies, vectors) is checked
+    # against the manifest before use: a corrupt or swapped file is refused, named
+    Manifest.load(data_dir).verify(data_dir)
     known = [s.name for s in load_scenarios(data_dir / "scenarios.json")]
-    chosen = known if scenarios == "all" else scenarios.split(",")
+    chosen = known if scenarios == "all" else [s for s in scenarios.split(",") if s]
+    unknown = [s for s in chosen if s not in known]
+    if unknown or not chosen:
+        raise DataError(
+            data_dir / "scenarios.json", f"no scenario {unknown or 'chosen'}", expected=f"some of {known}"
+        )
     rows, curves, seconds = {}, {}, {}
     for b in baselines:
         t0 = time.perf_counter()

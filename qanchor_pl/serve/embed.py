@@ -69,6 +69,8 @@ def scenario_queries(
     unknown = [n for n in chosen if n not in known]
     if unknown:
         raise ValueError(f"unknown scenarios {unknown}; {data / 'scenarios.json'} has {sorted(known)}")
+    if not chosen:
+        raise ValueError(f"--scenarios names no scenario; {data / 'scenarios.json'} has {sorted(known)}")
     out = []
     for name in chosen:
         query, prompt = known[name], None
@@ -168,14 +170,46 @@ class PartWriter(BasePredictionWriter):
 
 
 def write_manifest(out: Path) -> dict:
+    """``manifest.json`` of a finished job: every part with its rows, bytes and sha256 (readers
+    verify them), written last."""
     import pyarrow.parquet as pq
 
+    from data_modules.etl.manifest import file_entry
+
     parts = sorted((out / "parts").glob("part-*.parquet"))
-    rows = {p.name: pq.ParquetFile(p).metadata.num_rows for p in parts}
+    entries = {p.name: file_entry(out / "parts", p.name, pq.ParquetFile(p).metadata.num_rows) for p in parts}
     job = json.loads((out / "job.json").read_text())
-    manifest = {"job": job, "parts": rows, "rows": sum(rows.values())}
+    manifest = {"job": job, "parts": entries, "rows": sum(e["rows"] for e in entries.values())}
     write_json(out / "manifest.json", manifest)
     return manifest
+
+
+def read_embeddings(out: Path) -> pa.Table:
+    """The (user_id, scenario, embedding) rows of a finished job, each part checked against the
+    manifest (size and sha256) and each (user, scenario) once: a corrupt or mixed folder is refused."""
+    import pyarrow.parquet as pq
+
+    from data_modules.etl.manifest import verify_file
+    from data_modules.util.atomic import read_json
+    from data_modules.util.errors import DataError
+
+    manifest = read_json(out / "manifest.json", missing="no manifest.json: is the embedding job finished?")
+    parts = manifest.get("parts")
+    if not isinstance(parts, dict) or not all(isinstance(e, dict) for e in parts.values()):
+        raise DataError(
+            out / "manifest.json",
+            "parts without checksums",
+            expected="a manifest from this version (re-run qanchor embed)",
+        )
+    for name, entry in sorted(parts.items()):
+        verify_file(out / "parts" / name, entry)
+    if not parts:
+        raise DataError(out / "manifest.json", "lists no parts (no users were embedded)")
+    table = pa.concat_tables([pq.read_table(out / "parts" / n) for n in sorted(parts)])
+    keys = pa.table({"u": table.column("user_id"), "s": table.column("scenario")})
+    if keys.group_by(["u", "s"]).aggregate([]).num_rows != table.num_rows:
+        raise DataError(out / "parts", "a (user, scenario) pair appears twice: parts of two jobs are mixed")
+    return table
 
 
 class EmbedDataModule(L.LightningDataModule):

@@ -50,7 +50,9 @@ def checkpoint_dir(run_dir: str) -> str:
 
 
 def scenario_dir(run_dir: str, scenario: str) -> str:
-    return str(Path(run_dir) / scenario)
+    from data_modules.etl.names import check_name
+
+    return str(Path(run_dir) / check_name(scenario, "--data.scenario"))
 
 
 def scenario_checkpoint_dir(run_dir: str, scenario: str) -> str:
@@ -65,6 +67,10 @@ def uses_deepspeed(strategy: Any) -> bool:
 def tensorboard_version(suffix: str = "") -> str:
     """``$SLURM_JOB_ID`` (a requeued job keeps it, so its curves continue) or ``run``, + ``suffix``."""
     return os.environ.get("SLURM_JOB_ID", "run") + suffix
+
+
+# a bad option or value raises (the front door prints it as one line, exit code 2), not usage + exit
+PARSER_KWARGS = {"exit_on_error": False}
 
 
 class RunFolderError(ValueError):
@@ -247,6 +253,7 @@ def build_pretrain_cli(args: list[str] | None = None, extra_callbacks: list | No
         args=args,
         run=False,
         save_config_kwargs={"overwrite": True},
+        parser_kwargs=PARSER_KWARGS,
         trainer_defaults={"callbacks": list(extra_callbacks or [])},
     )
 
@@ -279,7 +286,12 @@ def build_tune_cli(args: list[str]) -> TuneCLI:
     from qanchor_pl.train.tune import PromptTuneModule
 
     return TuneCLI(
-        PromptTuneModule, ScenarioDataModule, args=args, run=False, save_config_kwargs={"overwrite": True}
+        PromptTuneModule,
+        ScenarioDataModule,
+        args=args,
+        run=False,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs=PARSER_KWARGS,
     )
 
 
