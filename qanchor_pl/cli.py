@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from data_modules.util.lock import FolderLockedError
 from qanchor_pl.recipes import resolve_config_args
 
 
@@ -232,6 +233,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     KeyError,
     argparse.ArgumentError,
+    FolderLockedError,
 )
 
 

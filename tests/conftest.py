@@ -32,7 +32,12 @@ def built(raw_world, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("data")
     build(
         BuildConfig(
-            raw=str(raw_world), out=str(out), users_per_shard=100, row_group_size=32, tokenizer_vocab=1024
+            raw=str(raw_world),
+            out=str(out),
+            users_per_shard=100,
+            row_group_size=32,
+            tokenizer_vocab=1024,
+            min_class_users=0,  # 300 users: the rarest scenario has no positive test user
         )
     )
     encode_dataset(out, "hash", dim=32)

@@ -109,6 +109,7 @@ def test_benchmark_labels_follow_the_rule_with_a_user_disjoint_split(built, raw_
 def test_build_is_deterministic(raw_world, built, tmp_path):
     build(
         BuildConfig(
+            min_class_users=0,
             raw=str(raw_world),
             out=str(tmp_path),
             users_per_shard=100,
@@ -135,7 +136,7 @@ def test_any_modality_set_works_without_tabular(tmp_path):
     pq.write_table(events, raw / "events" / "e.parquet")
     save_scenarios(raw / "scenarios.json", [Scenario("Tea", "Will the user buy tea?", "Food", ("pay",))])
     m = build(
-        BuildConfig(raw=str(raw), out=str(tmp_path / "data"), modalities="pay,chat", cutoff="2026-01-05",
+        BuildConfig(min_class_users=0, raw=str(raw), out=str(tmp_path / "data"), modalities="pay,chat", cutoff="2026-01-05",
                     history_days=10, future_days=5, tokenizer_vocab=300)
     )  # fmt: skip
     assert m.event_modalities == ["pay", "chat"] and m.tabular_features == []
@@ -152,6 +153,7 @@ def test_external_qa_pairs_are_added_or_replace_templated_ones(raw_world, tmp_pa
         out = tmp_path / mode
         build(
             BuildConfig(
+                min_class_users=0,
                 raw=str(raw_world),
                 out=str(out),
                 qa=str(tmp_path / "qa.parquet"),
@@ -171,6 +173,7 @@ def test_labels_file_overrides_the_rule(raw_world, tmp_path):
     pq.write_table(labels, tmp_path / "labels.parquet")
     m = build(
         BuildConfig(
+            min_class_users=0,
             raw=str(raw_world),
             out=str(tmp_path / "d"),
             labels=str(tmp_path / "labels.parquet"),

@@ -81,7 +81,7 @@ def test_a_second_build_reuses_the_texts_the_first_one_encoded(built, raw_world,
     first = Manifest.load(built)
     second = tmp_path / "earlier"
     cutoff = (dt.datetime.fromisoformat(first.cutoff) - dt.timedelta(days=20)).isoformat()
-    build(BuildConfig(raw=str(raw_world), out=str(second), cutoff=cutoff, users_per_shard=100,
+    build(BuildConfig(min_class_users=0, raw=str(raw_world), out=str(second), cutoff=cutoff, users_per_shard=100,
                       row_group_size=32, tokenizer_vocab=1024))  # fmt: skip
     out = encode_dataset(second, "hash", dim=32, reuse=built)
     plain = tmp_path / "plain"

@@ -52,7 +52,16 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("qasynth")
     raw = write_other_world(root / "raw", n_users=40)
     data = root / "data"
-    build(BuildConfig(raw=str(raw), out=str(data), users_per_shard=16, row_group_size=8, tokenizer_vocab=600))
+    build(
+        BuildConfig(
+            min_class_users=0,
+            raw=str(raw),
+            out=str(data),
+            users_per_shard=16,
+            row_group_size=8,
+            tokenizer_vocab=600,
+        )
+    )
     encode_dataset(data, "hash", dim=16)
     write_shaped_backbone("tiny", str(data), root / "random")
     manifest = Manifest.load(data)
@@ -213,7 +222,7 @@ def test_missing_model_and_unsafe_version_are_one_line_errors(world, tmp_path):
         "../x",
         check=False,
     )
-    assert proc.returncode == 2 and "'../x' is not a safe name" in proc.stderr
+    assert proc.returncode == 2 and "'../x' cannot be used as a file name" in proc.stderr
 
 
 def test_a_judge_model_filters_kept_answers_and_is_counted(world):

@@ -18,6 +18,7 @@ The pipeline is lazy polars end to end; memory is bounded by one shard of users 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -70,6 +71,8 @@ from data_modules.util.atomic import atomic_dir, stale_siblings, write_parquet
 from data_modules.util.errors import DataError
 from data_modules.util.hashing import stable_fraction, stable_hash64
 from data_modules.util.lock import FolderLock
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -127,6 +130,11 @@ class BuildConfig:
     """seed of the train/test split"""
     tokenizer_vocab: int = 4096
     """vocabulary of the data set's own tokenizer"""
+    max_text_chars: int = 1000
+    """event texts are cut to this many characters (counted in the manifest's skipped)"""
+    min_class_users: int = 1
+    """each scenario needs this many users of each label in train and in test, else the build
+    stops (a cutoff past the data leaves every label 0); 0 turns the check off"""
 
     def modality_list(self) -> list[str] | None:
         return [m.strip() for m in self.modalities.split(",") if m.strip()] if self.modalities else None
@@ -174,6 +182,14 @@ def _build_into(cfg: BuildConfig, out: Path) -> Manifest:
     plan, events, users_table = _read_inputs(cfg, out)
     events = _cut_windows(plan, events)
     plan.kept = _select_users(events, users_table, plan.skipped)
+    if plan.external is not None:
+        known = plan.external["user_id"].is_in(plan.kept["user_id"].implode())
+        count_skip(
+            plan.skipped,
+            "qa_pairs_of_unknown_users",
+            int((~known).sum()),
+            "QA pairs of users not in the data set",
+        )
     shard_map = _assign_shards(plan.kept, cfg.users_per_shard)
     events = events.join(shard_map.lazy().select("user_id", "shard"), on="user_id", how="inner")
     vocab = _write_vocabs(plan.out, _history_combos(events), plan.event_mods)
@@ -230,14 +246,18 @@ def _read_inputs(cfg: BuildConfig, out: Path) -> tuple[_Plan, pl.LazyFrame, pl.D
         raise ValueError("modalities must name at least one event modality")
     caps = resolve_caps(modalities, parse_caps(cfg.max_events))
     scenarios = load_scenarios(inputs.scenarios)
-    events = scan_events(inputs, event_mods)
+    events = scan_events(inputs, event_mods, cfg.max_text_chars)
     users, features = read_users(inputs.users, TABULAR in modalities)
     labels = read_labels(inputs.labels, {s.name for s in scenarios}) if inputs.labels else None
     external = read_external_qa(inputs.qa) if inputs.qa else None
     per_modality = events.group_by("modality").agg(pl.col("value").count().alias("valued")).collect()
     valued = {m: int(n) for m, n in per_modality.iter_rows()}
     meta = resolve_modalities_meta(inputs.modalities_meta, event_mods, valued)
-    cutoff = resolve_cutoff(cfg.cutoff, tz) if cfg.cutoff else default_cutoff(events, cfg.future_days, tz)
+    if cfg.cutoff:
+        cutoff = resolve_cutoff(cfg.cutoff, tz)
+    else:
+        cutoff, why = default_cutoff(events, cfg.future_days, tz)
+        log.warning("default cutoff %s UTC: %s (set --cutoff to choose)", cutoff.isoformat(), why)
     plan = _Plan(
         cfg=cfg, out=out, inputs=inputs, skipped=inputs.skipped, modalities=modalities, event_mods=event_mods,
         caps=caps, scenarios=scenarios, meta=meta, cutoff=cutoff, windows={}, kept=pl.DataFrame(),
@@ -346,14 +366,39 @@ def _write_benchmarks(plan: _Plan, positives: dict[str, set[str]], files: dict) 
         name = f"benchmarks/{s.name}.parquet"
         write_parquet(plan.out / name, table)
         files[name] = file_entry(plan.out, name, table.num_rows)
+        classes = _class_counts(table)
+        _check_classes(s.name, classes, plan.cfg.min_class_users)
         bench_counts[s.name] = {
             "users": table.num_rows,
+            "classes": classes,
             "positive_rate": round(
                 float(np.mean(table.column("label").to_numpy())) if table.num_rows else 0.0, 4
             ),
             "source": "labels" if labels is not None and s.name in set(labels["scenario"]) else "rule",
         }
     return bench_counts
+
+
+def _class_counts(table: pa.Table) -> dict[str, dict[str, int]]:
+    """Users per label in each split: {"train": {"0": n, "1": n}, "test": {...}}."""
+    df = pl.from_arrow(table.select(["split", "label"]))
+    out: dict[str, dict[str, int]] = {"train": {"0": 0, "1": 0}, "test": {"0": 0, "1": 0}}
+    for split, label, n in df.group_by("split", "label").len().iter_rows():
+        out[split][str(label)] = int(n)
+    return out
+
+
+def _check_classes(name: str, classes: dict[str, dict[str, int]], minimum: int) -> None:
+    """A scenario whose train or test split lacks a label cannot be probed or tuned: stop the build
+    naming it (a stray cutoff, a rule that matches nobody), rather than write a useless benchmark."""
+    for split, counts in classes.items():
+        for label, n in counts.items():
+            if n < minimum:
+                raise DataError(
+                    f"scenario '{name}'", f"{n} users with label {label} in {split} ({classes})",
+                    expected=f"at least --min-class-users {minimum} of each label in train and test: check the "
+                    "cutoff and the scenario's rule, or pass --min-class-users 0",
+                )  # fmt: skip
 
 
 def _write_side_files(plan: _Plan, topics: list, files: dict) -> None:

@@ -9,6 +9,7 @@ finished modality whose file still matches the manifest is not encoded again.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 
 from data_modules.etl.manifest import Manifest, file_entry
 from data_modules.util.atomic import atomic_path, write_json
-from data_modules.util.hashing import sha256_file, stable_hash64
+from data_modules.util.hashing import sha256_file, sha256_folder, stable_hash64
 
 VECTORS_DIR = "vectors"
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -41,6 +42,8 @@ class HashEncoder:
     def __init__(self, dim: int = 64) -> None:
         self.dim = dim
         self.name = f"hash-{dim}"
+        # what makes its vectors: the algorithm's version and size (bump v1 when _features changes)
+        self.identity = hashlib.sha256(f"qanchor-hash-encoder:v1:dim={dim}".encode()).hexdigest()
 
     def _features(self, text: str) -> list[str]:
         words = _WORD.findall(text.lower())
@@ -71,6 +74,9 @@ class HFEncoder:
         self.pooling, self.device, self.max_length = pooling, device, max_length
         self.dim = int(self.model.config.hidden_size)
         self.name = f"{Path(path).name}-{pooling}"
+        # the exact weights and config, and how they are used: a same-named other model differs here
+        content = sha256_folder(path)
+        self.identity = hashlib.sha256(f"{content}:{pooling}:{max_length}".encode()).hexdigest()
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         torch = self.torch
@@ -107,7 +113,7 @@ class ReusingEncoder:
 
     def __init__(self, encoder, known: dict[str, np.ndarray]) -> None:
         self.encoder, self.known = encoder, known
-        self.name, self.dim = encoder.name, encoder.dim
+        self.name, self.dim, self.identity = encoder.name, encoder.dim, encoder.identity
         self.reused = 0
 
     def __call__(self, texts: list[str]) -> np.ndarray:
@@ -122,16 +128,16 @@ class ReusingEncoder:
         return out
 
 
-def known_vectors(other: str | Path, modality: str, encoder_name: str) -> dict[str, np.ndarray]:
-    """text -> vector of ``modality`` in another encoded data set, if ``encoder_name`` made them."""
+def known_vectors(other: str | Path, modality: str, identity: str) -> dict[str, np.ndarray]:
+    """text -> vector of ``modality`` in another encoded data set, if the encoder with content
+    hash ``identity`` made them (a same-named other encoder does not count)."""
     other = Path(other)
-    entry = Manifest.load(other).files.get(f"{VECTORS_DIR}/{modality}.npy")
-    if (
-        entry is None
-        or entry.get("encoder") != encoder_name
-        or not (other / VECTORS_DIR / f"{modality}.npy").exists()
-    ):
+    manifest = Manifest.load(other)
+    rel = f"{VECTORS_DIR}/{modality}.npy"
+    entry = manifest.files.get(rel)
+    if entry is None or entry.get("encoder_sha256") != identity or not (other / rel).exists():
         return {}
+    manifest.verify(other, [rel, f"vocab/{modality}.parquet"])
     texts = (
         pq.read_table(other / "vocab" / f"{modality}.parquet", columns=["text"]).column("text").to_pylist()
     )
@@ -150,7 +156,7 @@ def _encode_modality(root: Path, modality: str, encoder, batch_size: int) -> int
     done = 0
     if partial.exists() and progress_path.exists():
         progress = json.loads(progress_path.read_text())
-        if progress.get("encoder") == encoder.name and tuple(progress.get("shape", ())) == shape:
+        if progress.get("encoder_sha256") == encoder.identity and tuple(progress.get("shape", ())) == shape:
             done = int(progress["done"])
     if done:
         out = np.load(partial, mmap_mode="r+")
@@ -163,7 +169,9 @@ def _encode_modality(root: Path, modality: str, encoder, batch_size: int) -> int
             out[done : done + len(chunk)] = encoder(chunk).astype(np.float16)
             out.flush()  # rows on disk before the progress file says so
             done += len(chunk)
-            write_json(progress_path, {"encoder": encoder.name, "shape": list(shape), "done": done})
+            write_json(
+                progress_path, {"encoder_sha256": encoder.identity, "shape": list(shape), "done": done}
+            )
             bar.update(len(chunk))
     del out
     with atomic_path(vec_dir / f"{modality}.npy") as tmp:
@@ -219,18 +227,22 @@ def encode_dataset(
         entry = manifest.files.get(rel)
         if (
             entry is not None
-            and entry.get("encoder") == encoder.name
+            and entry.get("encoder_sha256") == encoder.identity
             and (root / rel).exists()
             and sha256_file(root / rel) == entry["sha256"]
         ):
             encoded[m] = reused[m] = 0  # already done by this encoder
             continue
-        wrapped = ReusingEncoder(encoder, known_vectors(reuse, m, encoder.name) if reuse is not None else {})
+        wrapped = ReusingEncoder(
+            encoder, known_vectors(reuse, m, encoder.identity) if reuse is not None else {}
+        )
         encoded[m] = _encode_modality(root, m, wrapped, batch_size)
         reused[m] = wrapped.reused
-        manifest.files[rel] = {**file_entry(root, rel, manifest.counts["vocab"][m]), "encoder": encoder.name}
+        manifest.files[rel] = {**file_entry(root, rel, manifest.counts["vocab"][m]), "encoder": encoder.name,
+                               "encoder_sha256": encoder.identity}  # fmt: skip
         manifest.save(root)  # after each modality, so a resumed run skips it
-    manifest.encoders["active"] = {"name": encoder.name, "spec": spec, "dim": encoder.dim}
+    manifest.encoders["active"] = {"name": encoder.name, "spec": spec, "dim": encoder.dim,
+                                   "sha256": encoder.identity}  # fmt: skip
     manifest.save(root)
     return {"data": str(root), "encoder": encoder.name, "dim": encoder.dim, "encoded_rows": encoded,
             "reused_rows": reused}  # fmt: skip

@@ -16,7 +16,6 @@ aligned row for row (and row group for row group) with the shards, recorded in t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -38,7 +37,7 @@ from data_modules.etl.names import check_name
 from data_modules.etl.topics import Topic, load_topics
 from data_modules.util.atomic import write_json, write_parquet
 from data_modules.util.errors import DataError
-from data_modules.util.hashing import sha256_file
+from data_modules.util.hashing import sha256_folder
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
@@ -125,11 +124,7 @@ def model_folder(model: str) -> Path:
 
 def model_hash(folder: Path) -> str:
     """sha256 over the model's files (names and contents), so a QA version names the exact weights."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        digest.update(str(path.relative_to(folder)).encode())
-        digest.update(sha256_file(path).encode())
-    return digest.hexdigest()
+    return sha256_folder(folder)
 
 
 def vocab_texts(root: Path, modalities: Sequence[str]) -> dict[str, list[str]]:

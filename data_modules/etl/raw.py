@@ -156,11 +156,14 @@ def infer_modalities(inputs: RawInputs) -> list[str]:
     return mods
 
 
-def scan_events(inputs: RawInputs, event_mods: list[str]) -> pl.LazyFrame:
+def scan_events(inputs: RawInputs, event_mods: list[str], max_text_chars: int = 1000) -> pl.LazyFrame:
     """Validate every events file and return one lazy frame with a uniform schema.
 
-    Checks per file: readable parquet, required columns with the right types, no nulls in
-    user_id/modality/ts/text, every modality known. Empty files are skipped and counted.
+    Checks per file: readable parquet with valid UTF-8 text, required columns with the right types,
+    no nulls in user_id/modality/ts/text, no empty user_id, finite values, every modality known.
+    Counted, not errors: empty files (skipped), texts longer than ``max_text_chars`` (cut there: a
+    megabyte without a space would stall any tokenizer), exact duplicate events (dropped: a log
+    shipped twice must not count twice).
     """
     frames = []
     for path in inputs.events:
@@ -194,28 +197,48 @@ def scan_events(inputs: RawInputs, event_mods: list[str]) -> pl.LazyFrame:
         frames.append(lf)
     if not frames:
         raise DataError(inputs.events[0].parent, "every events file is empty")
-    return pl.concat(frames, how="vertical")
+    events = pl.concat(frames, how="vertical")
+    long_text = pl.col("text").str.len_chars() > max_text_chars
+    n_rows, n_long = events.select(pl.len(), long_text.sum()).collect().row(0)
+    count_skip(
+        inputs.skipped, "event_texts_truncated", n_long, f"event texts cut to {max_text_chars} characters"
+    )
+    events = events.with_columns(pl.col("text").str.slice(0, max_text_chars))
+    events = events.unique(maintain_order=True)
+    n_unique = events.select(pl.len()).collect().item()
+    count_skip(inputs.skipped, "duplicate_events", n_rows - n_unique, "exact duplicate events")
+    return events
 
 
 def _check_event_rows(path: Path, lf: pl.LazyFrame, event_mods: list[str]) -> None:
-    bad = (
-        lf.with_row_index("row")
-        .filter(
-            pl.col("user_id").is_null()
-            | pl.col("ts").is_null()
-            | pl.col("text").is_null()
-            | pl.col("modality").is_null()
-            | ~pl.col("modality").is_in(event_mods)
-        )
-        .head(1)
-        .collect()
+    value = pl.col("value")
+    any_problem = pl.any_horizontal(
+        *(pl.col(c).is_null() for c in ("user_id", "ts", "text", "modality")),
+        pl.col("user_id").str.strip_chars() == "",
+        value.is_not_null() & (value.is_nan() | value.is_infinite()),
+        ~pl.col("modality").is_in(event_mods),
     )
+    try:
+        bad = lf.with_row_index("row").filter(any_problem).head(1).collect()
+    except (pl.exceptions.PolarsError, pa.ArrowException, OSError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(path, f"unreadable rows ({first})", expected="parquet with UTF-8 text") from None
     if bad.height == 0:
         return
     row = bad.row(0, named=True)
     for col in ("user_id", "ts", "text", "modality"):
         if row[col] is None:
             raise DataError(path, "null value", column=col, row=row["row"])
+    if not row["user_id"].strip():
+        raise DataError(path, "empty user_id", column="user_id", row=row["row"], expected="a non-empty id")
+    if row["value"] is not None and not np.isfinite(row["value"]):
+        raise DataError(
+            path,
+            f"non-finite value {row['value']}",
+            column="value",
+            row=row["row"],
+            expected="a finite number or null",
+        )
     raise DataError(
         path,
         f"unknown modality '{row['modality']}'",
@@ -245,6 +268,11 @@ def read_users(path: Path | None, use_tabular: bool) -> tuple[pl.DataFrame | Non
         row = int(np.flatnonzero(pc.is_null(ids).to_numpy(zero_copy_only=False))[0])
         raise DataError(path, "null user_id", column="user_id", row=row)
     df = pl.from_arrow(table).with_columns(pl.col("user_id").cast(pl.String))
+    empty = df.with_row_index("row").filter(pl.col("user_id").str.strip_chars() == "").head(1)
+    if empty.height:
+        raise DataError(
+            path, "empty user_id", column="user_id", row=empty["row"][0], expected="a non-empty id"
+        )
     dup = df.with_row_index("row").filter(pl.col("user_id").is_duplicated()).head(2)
     if dup.height:
         r = dup.row(1, named=True)
@@ -273,6 +301,10 @@ def read_labels(path: Path, scenario_names: set[str]) -> pl.DataFrame:
     df = df.with_columns(
         pl.col("user_id").cast(pl.String), pl.col("scenario").cast(pl.String), pl.col("label").cast(pl.Int64)
     )
+    for c in ("user_id", "scenario"):
+        empty = df.filter(pl.col(c).is_null() | (pl.col(c).str.strip_chars() == "")).head(1)
+        if empty.height:
+            raise DataError(path, "empty value", column=c, row=empty["row"][0])
     bad = df.filter(~pl.col("label").is_in([0, 1]) | pl.col("label").is_null()).head(1)
     if bad.height:
         r = bad.row(0, named=True)
@@ -307,12 +339,31 @@ def read_external_qa(path: Path) -> pl.DataFrame:
     return df.drop("row")
 
 
-def default_cutoff(events: pl.LazyFrame, future_days: int, tz: str = "UTC") -> dt.datetime:
-    """Local midnight after the last event, minus the future window: the newest data is the future
-    (naive UTC)."""
+def default_cutoff(
+    events: pl.LazyFrame, future_days: int, tz: str = "UTC", min_day_share: float = 0.1
+) -> tuple[dt.datetime, str]:
+    """The last *busy* day's local midnight after, minus the future window: the newest data is the
+    future (naive UTC), and why. A day is busy when it has at least ``min_day_share`` of the median
+    events per active day: a few stray late events (a clock gone wrong, one late upload) do not
+    move the cutoff past the data, which would leave every label 0."""
     import zoneinfo
 
-    last = events.select(pl.col("ts").max()).collect().item()
-    local_last = last.replace(tzinfo=dt.timezone.utc).astimezone(zoneinfo.ZoneInfo(tz))
-    day_after = dt.datetime.combine(local_last.date(), dt.time()) + dt.timedelta(days=1)
-    return _utc_naive(day_after - dt.timedelta(days=future_days), tz)
+    zone = zoneinfo.ZoneInfo(tz)
+    days = (
+        events.select(
+            pl.col("ts").dt.replace_time_zone("UTC").dt.convert_time_zone(tz).dt.date().alias("day")
+        )
+        .group_by("day")
+        .len()
+        .sort("day")
+        .collect()
+    )
+    threshold = max(1.0, min_day_share * float(days["len"].median()))
+    busy = days.filter(pl.col("len") >= threshold)
+    last_day = busy["day"][-1]
+    later = int(days.filter(pl.col("day") > last_day)["len"].sum())
+    day_after = dt.datetime.combine(last_day, dt.time()) + dt.timedelta(days=1)
+    cutoff = _utc_naive((day_after - dt.timedelta(days=future_days)).replace(tzinfo=zone), tz)
+    why = (f"last busy day {last_day} ({tz}) minus the {future_days}-day future window"
+           + (f"; {later} later events on sparse days left out of that choice" if later else ""))  # fmt: skip
+    return cutoff, why

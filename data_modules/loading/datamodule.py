@@ -222,6 +222,7 @@ class UserUDataModule(L.LightningDataModule):
             "modalities": tuple(self.manifest.event_modalities),
             "event_dims": self.event_dims,
             "tabular_dim": self.tabular_dim,
+            "encoder": str(encoder_info(self.manifest, self.data).get("sha256", "")),
         }
 
     @property

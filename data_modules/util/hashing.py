@@ -33,3 +33,14 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def sha256_folder(folder: str | Path) -> str:
+    """sha256 over a folder's files (relative names and contents; hidden files left out): the
+    identity of a model's exact weights and configuration."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        digest.update(str(path.relative_to(folder)).encode())
+        digest.update(sha256_file(path).encode())
+    return digest.hexdigest()

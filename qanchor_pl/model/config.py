@@ -54,6 +54,7 @@ class DataInputs:
     modalities: tuple[str, ...]  # event modalities, in prefix order
     event_dims: dict[str, int] = field(default_factory=dict)  # text-encoder size per modality
     tabular_dim: int = 0  # 0 = no tabular modality
+    encoder: str = ""  # content hash of the text encoder that made the event vectors ("" = unknown)
 
 
 @dataclass(frozen=True)

@@ -55,3 +55,27 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> QAnch
             f"{path}: checkpoint does not fit its model config (missing {lacking[:3]}, unexpected {unexpected[:3]})"
         )
     return model.to(device).eval()
+
+
+def check_model_fits_data(model: QAnchorModel, data_inputs: dict[str, Any], data: str | Path) -> None:
+    """Refuse a data set whose inputs differ from those the model was trained on (modalities, vector
+    sizes, tabular width, the text encoder's content hash): the vectors would be read as something
+    they are not, without a word."""
+    from data_modules.util.errors import DataError
+
+    trained = model.config.inputs
+    where = Path(data) / "manifest.json"
+    for key in ("modalities", "event_dims", "tabular_dim"):
+        have, want = data_inputs[key], getattr(trained, key)
+        if (tuple(have) if key == "modalities" else have) != (tuple(want) if key == "modalities" else want):
+            raise DataError(
+                where,
+                f"{key} {have} differ from the model's {want}",
+                expected="the data the model was trained on, built alike",
+            )
+    have, want = data_inputs.get("encoder", ""), trained.encoder
+    if have and want and have != want:
+        raise DataError(
+            where, f"event vectors made by encoder sha256 {have[:12]}..., the model was trained on vectors of "
+            f"encoder sha256 {want[:12]}...", expected="`qanchor encode` with the model's encoder",
+        )  # fmt: skip

@@ -218,7 +218,7 @@ def derive_split(cfg: ExperimentConfig) -> TimeSplit:
     ev_cut = (
         resolve_cutoff(cfg.eval_cutoff, tz)
         if cfg.eval_cutoff
-        else default_cutoff(events, cfg.future_days, tz)
+        else default_cutoff(events, cfg.future_days, tz)[0]
     )
     pre_cut = resolve_cutoff(cfg.pretrain_cutoff, tz) if cfg.pretrain_cutoff else ev_cut - window
     where = "--eval-cutoff" if cfg.eval_cutoff else str(inputs.events[0].parent)
@@ -249,6 +249,8 @@ def _data(cfg: ExperimentConfig, root: Path, split: TimeSplit) -> tuple[Path, Pa
                     raw=cfg.raw, out=str(data), cutoff=cutoff.isoformat() + "+00:00", timezone=cfg.timezone,
                     history_days=cfg.history_days, future_days=cfg.future_days, max_events=cfg.max_events,
                     modalities=cfg.modalities, split_seed=cfg.seed,
+                    # the pretraining build's benchmarks are never probed: no class check there
+                    min_class_users=1 if data == eval_data else 0,
                 ))  # fmt: skip
             # skipped when already encoded by this encoder; the second build copies the texts the
             # first one encoded

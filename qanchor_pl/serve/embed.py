@@ -29,7 +29,7 @@ from data_modules.loading.datamodule import UserUDataModule
 from data_modules.util.atomic import write_json, write_parquet
 from qanchor_pl.config import EmbedConfig
 from qanchor_pl.model.kv_cache import anchor_from_prefix, encode_prefix
-from qanchor_pl.model.load import load_model
+from qanchor_pl.model.load import check_model_fits_data, load_model
 from qanchor_pl.model.qanchor import QAnchorModel
 from qanchor_pl.train.tune import load_prompt
 
@@ -229,7 +229,18 @@ class EmbedDataModule(L.LightningDataModule):
 
 
 def run_embed(cfg: EmbedConfig) -> dict:
-    """``qanchor embed``: every user x scenario embedding into resumable parts under ``cfg.out``."""
+    """``qanchor embed``: every user x scenario embedding into resumable parts under ``cfg.out``
+    (one job at a time per folder: rank 0 holds ``OUT/.lock``)."""
+    from data_modules.util.lock import FolderLock, is_rank_zero
+
+    out_dir = Path(cfg.out)
+    if not is_rank_zero():
+        return _run_embed(cfg)
+    with FolderLock(out_dir / ".lock", f"embedding folder {out_dir}"):
+        return _run_embed(cfg)
+
+
+def _run_embed(cfg: EmbedConfig) -> dict:
     model, data, scenarios, out, prompts = cfg.model, cfg.data, cfg.scenarios, cfg.out, cfg.prompts
     kv_cache, batch_size, part_batches, devices = cfg.kv_cache, cfg.batch_size, cfg.part_batches, cfg.devices
     accelerator, num_workers = cfg.accelerator, cfg.num_workers
@@ -254,6 +265,7 @@ def run_embed(cfg: EmbedConfig) -> dict:
         write_json(job_path, job)
     tokenizer = str(Path(model) / "tokenizer") if Path(model).is_dir() else qmodel.config.inputs.tokenizer
     users = UserUDataModule(data, tokenizer=tokenizer, batch_size=batch_size, num_workers=num_workers)
+    check_model_fits_data(qmodel, users.model_inputs(), data)
     writer = PartWriter(out_dir, part_batches)
     trainer = L.Trainer(
         accelerator=accelerator,

@@ -20,6 +20,7 @@ Adds to the stock LightningCLI only what makes a run directory behave:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
@@ -33,6 +34,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from callbacks import HParamsWithMetrics, SampleAuditLog, SlurmPreemption, StepLog, ThroughputLogger
 from callbacks.hparams import final_metrics
+from data_modules.util.lock import FolderLock, is_rank_zero
 from qanchor_pl.train.checkpoint_io import AtomicCheckpointIO
 
 # `qanchor pretrain ARGS` hands ARGS over explicitly; sys.argv keeps the full command so that DDP
@@ -75,6 +77,20 @@ PARSER_KWARGS = {"exit_on_error": False}
 
 class RunFolderError(ValueError):
     """A run folder that cannot be used as asked (the CLI reports it as one line, exit code 2)."""
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The global step a checkpoint holds, or None if it does not load (a DeepSpeed checkpoint
+    folder counts as loadable at step 0: it is checked when Lightning loads it)."""
+    import torch
+
+    if path.is_dir():
+        return 0
+    try:
+        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        return int(ckpt.get("global_step", 0))
+    except Exception:  # noqa: BLE001 - truncated zip, bad pickle, I/O error: all "does not load"
+        return None
 
 
 class QAnchorCLI(LightningCLI):
@@ -140,28 +156,55 @@ class QAnchorCLI(LightningCLI):
 
     def before_fit(self) -> None:
         """Refuse to start a fresh run on top of an existing one."""
-        last = Path(self.config["checkpoint"]["dirpath"]) / "last.ckpt"
-        if self.config.get("ckpt_path") is None and last.exists():
+        found = sorted(Path(self.config["checkpoint"]["dirpath"]).glob("last*.ckpt"))
+        if self.config.get("ckpt_path") is None and found:
             raise RunFolderError(
-                f"{last} exists: pass --ckpt_path last to resume that run, or choose a new --run_dir"
+                f"{found[0]} exists: pass --ckpt_path last to resume that run, or choose a new --run_dir"
             )
 
     def resume_path(self) -> str | None:
-        """``--ckpt_path last`` means the newest of ``checkpoints/last.ckpt`` and the checkpoints
-        Lightning writes on SLURM's pre-emption signal (``RUN/hpc_ckpt_N.ckpt``); None if neither
-        exists yet (a first start with --ckpt_path last is a fresh start)."""
+        """``--ckpt_path last`` means the newest checkpoint of this run that loads: ``last.ckpt``, a
+        versioned ``last-vN.ckpt``, the step checkpoints, and those Lightning writes on SLURM's
+        pre-emption signal (``RUN/hpc_ckpt_N.ckpt``), newest step first. An unreadable one (a
+        truncated file) is passed over, and said so. None if there is none yet (a first start with
+        --ckpt_path last is a fresh start)."""
         ckpt_path = self.config.get("ckpt_path")
         if ckpt_path != "last":
             return ckpt_path
-        candidates = [Path(self.config["checkpoint"]["dirpath"]) / "last.ckpt"]
-        candidates += Path(self.config["trainer"]["default_root_dir"]).glob("hpc_ckpt_*.ckpt")
-        existing = [p for p in candidates if p.exists()]
-        if not existing:
-            if self.trainer.is_global_zero:
-                print(f"no checkpoint in {self.config['trainer']['default_root_dir']}: starting fresh",
-                      file=sys.stderr, flush=True)  # fmt: skip
+        root = Path(self.config["trainer"]["default_root_dir"])
+        candidates = [
+            *Path(self.config["checkpoint"]["dirpath"]).glob("*.ckpt"),
+            *root.glob("hpc_ckpt_*.ckpt"),
+        ]
+        say = self.trainer.is_global_zero
+        if not candidates:
+            if say:
+                print(f"no checkpoint in {root}: starting fresh", file=sys.stderr, flush=True)
             return None
-        return str(max(existing, key=lambda p: p.stat().st_mtime))
+        readable, broken = [], []
+        for path in candidates:
+            step = checkpoint_step(path)
+            (broken if step is None else readable).append((step, path.stat().st_mtime, path))
+        if not readable:
+            raise RunFolderError(
+                f"no checkpoint in {root} loads ({len(broken)} unreadable): start a new --run_dir"
+            )
+        for _, _, path in broken:
+            if say:
+                print(
+                    f"checkpoint {path} does not load (truncated?): passed over", file=sys.stderr, flush=True
+                )
+        step, _, best = max(readable, key=lambda t: (t[0], t[1]))
+        if broken and say:
+            print(f"resuming from {best} (step {step})", file=sys.stderr, flush=True)
+        return str(best)
+
+    def run_lock(self) -> contextlib.AbstractContextManager:
+        """One run per run folder: rank 0 holds ``RUN/.lock`` while it trains."""
+        if not is_rank_zero():
+            return contextlib.nullcontext()
+        root = Path(self.config["trainer"]["default_root_dir"])
+        return FolderLock(root / ".lock", f"run folder {root}")
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
@@ -171,8 +214,9 @@ class QAnchorCLI(LightningCLI):
         self.datamodule._log_hyperparams = False
 
     def fit(self) -> None:
-        self.before_fit()
-        self.trainer.fit(self.model, datamodule=self.datamodule, ckpt_path=self.resume_path())
+        with self.run_lock():
+            self.before_fit()
+            self.trainer.fit(self.model, datamodule=self.datamodule, ckpt_path=self.resume_path())
 
     def summary(self) -> dict[str, Any]:
         """The one JSON line a command ends with."""

@@ -27,7 +27,7 @@ from torch import nn
 from torchmetrics.classification import BinaryAUROC
 
 from data_modules.util.atomic import atomic_path, write_json
-from qanchor_pl.model.load import load_model
+from qanchor_pl.model.load import check_model_fits_data, load_model
 from qanchor_pl.train.optim import make_optimizer, warmup_cosine_schedule
 
 PROMPT_FILE, PROMPT_META = "prompt.safetensors", "prompt.json"
@@ -90,6 +90,11 @@ class PromptTuneModule(L.LightningModule):
 
     def class_logits(self, u: torch.Tensor) -> torch.Tensor:
         return prototype_logits(u, self.prototypes, self.hparams.num_classes, self.hparams.temperature)
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None and hasattr(datamodule, "model_inputs"):
+            check_model_fits_data(self.model, datamodule.model_inputs(), datamodule.data)
 
     def on_fit_start(self) -> None:
         self.model.eval()  # frozen: no dropout, whatever Lightning does to the rest

@@ -18,4 +18,4 @@ def _die(*args, **kwargs):
 if __name__ == "__main__":
     build_mod._write_benchmarks = _die
     build(BuildConfig(raw=sys.argv[1], out=sys.argv[2], users_per_shard=100, row_group_size=32,
-                      tokenizer_vocab=1024, split_seed=int(sys.argv[3])))  # fmt: skip
+                      tokenizer_vocab=1024, min_class_users=0, split_seed=int(sys.argv[3])))  # fmt: skip

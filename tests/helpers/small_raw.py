@@ -42,6 +42,8 @@ def write_raw(tmp_path, events=None, users=None):
 
 
 def build_small(raw, tmp_path, **kw):
+    """Build it (three users cannot give every scenario both labels in train and test)."""
+    kw.setdefault("min_class_users", 0)
     return build(
         BuildConfig(
             raw=str(raw), out=str(tmp_path / "data"), cutoff=CUT.isoformat(), tokenizer_vocab=300, **kw
