@@ -243,6 +243,9 @@ _LINK_FAILED = re.compile(r"^Call to compute_fn of link .*? failed: ", re.S)
 def _one_line(err: BaseException) -> str:
     text = str(err) if not isinstance(err, KeyError) else f"unknown name {err}"
     text = _LINK_FAILED.sub("", text)  # jsonargparse's wrapper around an error raised by a link
+    if "Original Traceback" in text:  # raised in a DataLoader worker: its own last line, unwrapped
+        last = [ln for ln in text.splitlines() if ln.strip()][-1]
+        text = re.sub(r"^[\w.]+(Error|Exception): ", "", last.strip())
     return " ".join(part.strip() for part in text.splitlines() if part.strip()) or type(err).__name__
 
 

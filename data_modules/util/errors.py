@@ -11,12 +11,16 @@ class DataError(ValueError):
     def __init__(
         self,
         path: str | Path,
-        problem: str,
+        problem: str | None = None,
         *,
         column: str | None = None,
         row: int | str | None = None,
         expected: str | None = None,
     ) -> None:
+        if problem is None:  # rebuilt from its message (a DataLoader worker re-raises it so)
+            super().__init__(str(path))
+            self.path, self.column, self.row = str(path), None, None
+            return
         where = str(path)
         if column is not None:
             where += f", column '{column}'"
