@@ -44,7 +44,7 @@ class _DiesAfter:
 
     def __init__(self, inner, n):
         self.inner, self.n, self.calls = inner, n, 0
-        self.dim, self.name = inner.dim, inner.name
+        self.dim, self.name, self.identity = inner.dim, inner.name, inner.identity
 
     def __call__(self, texts):
         self.calls += 1
