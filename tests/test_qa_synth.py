@@ -31,13 +31,13 @@ from data_modules.etl.qa_synth import (
     build_prompts,
     iter_users,
     known_categories,
-    model_hash,
     reflect_generated,
     run_qa_synth,
     vocab_texts,
 )
 from data_modules.etl.topics import load_topics, topic
 from data_modules.loading.datamodule import UserUDataModule
+from data_modules.util.hashing import sha256_folder
 from qanchor_pl.model.backbone import write_shaped_backbone
 from tests.conftest import ROOT, free_port, run_qanchor, torchrun_env
 from tests.helpers.other_world import write_other_world
@@ -112,7 +112,9 @@ def test_random_model_noise_is_counted_and_never_written(world):
     assert result["prompts"] == result["kept"] + sum(rejected.values()) > 0
     assert result["users"] == 40 and rejected
     record = Manifest.load(data).qa["versions"]["llm"]
-    assert record["model_sha256"] == model_hash(world["random"]) and record["generator"] == "qanchor qa-synth"
+    assert (
+        record["model_sha256"] == sha256_folder(world["random"]) and record["generator"] == "qanchor qa-synth"
+    )
     assert record["counts"]["prompts"] == result["prompts"]
     assert len(_merged(data)) == 40  # one aligned row per user, whatever was kept
     # whatever was written passes reflection again
@@ -236,5 +238,5 @@ def test_a_judge_model_filters_kept_answers_and_is_counted(world):
     # the judge sees exactly what reflection kept, and removes some or none of it
     assert judged["kept"] + judged.get("rejected_judge", 0) == plain["kept"] > 0
     record = Manifest.load(data).qa["versions"]["llm"]
-    assert record["judge_sha256"] == model_hash(world["random"])
+    assert record["judge_sha256"] == sha256_folder(world["random"])
     assert len(_merged(data)) == 40 and not any(r["qa_answer"] for r in _merged(data)[16:])

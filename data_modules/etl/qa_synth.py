@@ -122,11 +122,6 @@ def model_folder(model: str) -> Path:
         ) from None  # fmt: skip
 
 
-def model_hash(folder: Path) -> str:
-    """sha256 over the model's files (names and contents), so a QA version names the exact weights."""
-    return sha256_folder(folder)
-
-
 def vocab_texts(root: Path, modalities: Sequence[str]) -> dict[str, list[str]]:
     return {
         m: pq.read_table(root / "vocab" / f"{m}.parquet", columns=["text"]).column("text").to_pylist()
@@ -388,7 +383,7 @@ def run_qa_synth(cfg: QASynthConfig) -> dict:
     rank, size, local = world()
     parts = root / QA_DIR / f".parts-{cfg.version}"
     identity = _job_identity(
-        cfg, model_hash(folder), model_hash(judge_folder) if judge_folder else None, manifest
+        cfg, sha256_folder(folder), sha256_folder(judge_folder) if judge_folder else None, manifest
     )
     _claim_job(parts, identity, rank)
 

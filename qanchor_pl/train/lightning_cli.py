@@ -71,8 +71,15 @@ def tensorboard_version(suffix: str = "") -> str:
     return os.environ.get("SLURM_JOB_ID", "run") + suffix
 
 
-# a bad option or value raises (the front door prints it as one line, exit code 2), not usage + exit
-PARSER_KWARGS = {"exit_on_error": False}
+def _cli_kwargs() -> dict[str, Any]:
+    """What every QAnchorCLI is built with: parse only (the caller fits), overwrite the saved config,
+    and a bad option or value raises (the front door prints it as one line, exit code 2) rather
+    than printing the usage and exiting."""
+    return {
+        "run": False,
+        "save_config_kwargs": {"overwrite": True},
+        "parser_kwargs": {"exit_on_error": False},
+    }
 
 
 class RunFolderError(ValueError):
@@ -295,10 +302,8 @@ def build_pretrain_cli(args: list[str] | None = None, extra_callbacks: list | No
         PretrainModule,
         UserUDataModule,
         args=args,
-        run=False,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs=PARSER_KWARGS,
         trainer_defaults={"callbacks": list(extra_callbacks or [])},
+        **_cli_kwargs(),
     )
 
 
@@ -329,14 +334,7 @@ def build_tune_cli(args: list[str]) -> TuneCLI:
     from data_modules.loading.datamodule import ScenarioDataModule
     from qanchor_pl.train.tune import PromptTuneModule
 
-    return TuneCLI(
-        PromptTuneModule,
-        ScenarioDataModule,
-        args=args,
-        run=False,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs=PARSER_KWARGS,
-    )
+    return TuneCLI(PromptTuneModule, ScenarioDataModule, args=args, **_cli_kwargs())
 
 
 def tune_from_args(args: list[str]) -> list[TuneCLI]:
