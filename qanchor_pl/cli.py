@@ -73,6 +73,8 @@ COMMANDS: dict[str, Command] = {
 BENCH: dict[str, Command] = {
     "data": Command("data_modules.loading.bench:BenchDataConfig", "data_modules.loading.bench:bench_data",
                     "samples/s and peak memory of the streaming loader"),
+    "build": Command("data_modules.etl.bench_build:BenchBuildConfig", "data_modules.etl.bench_build:bench_build",
+                     "users/s per task and peak memory of a partitioned build (1, 2, 4 tasks)"),
     "train": Command("qanchor_pl.config:BenchTrainConfig", "qanchor_pl.bench.train:bench_train",
                      "training step: Lightning against a plain PyTorch loop, alternated blocks"),
     "kv-cache": Command("qanchor_pl.config:BenchKVConfig", "qanchor_pl.cli:_bench_kv",
@@ -98,6 +100,8 @@ def _build(cfg: Any) -> dict:
     from data_modules.etl.build import build
 
     m = build(cfg)
+    if isinstance(m, dict):  # one stage of a partitioned build
+        return m
     return {"out": cfg.out, "counts": m.counts, "skipped": m.skipped, "cutoff": m.cutoff, "qa": m.qa}
 
 

@@ -35,7 +35,10 @@ class EmbedConfig:
     part_batches: int = 16
     """batches per output part"""
     devices: int = 1
-    """processes (DDP predict), one part set each"""
+    """processes per node (DDP predict), one part set each"""
+    num_nodes: int = 1
+    """nodes (slurm/embed.sbatch passes the allocation's): rank r of all devices x nodes embeds the
+    same user slice on any layout, so 2 nodes x 1 give 1 node x 2's parts"""
     accelerator: str = "auto"
     """cpu | gpu | auto"""
     num_workers: int = 0

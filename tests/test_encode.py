@@ -10,8 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_modules.etl.build import BuildConfig, build
-from data_modules.etl.encode import HashEncoder, _encode_modality, encode_dataset, load_vectors
+from data_modules.etl.encode import HashEncoder, _encode_rows, _vocab_texts, encode_dataset, load_vectors
 from data_modules.etl.manifest import Manifest
+from data_modules.etl.partition import PartitionSpec
 
 
 def test_hash_encoder_is_deterministic_normalised_and_similarity_aware():
@@ -59,10 +60,12 @@ def test_encode_resumes_where_it_stopped(built, tmp_path):
     (root / "vectors" / "bill.npy").unlink()
     n_texts = Manifest.load(root).counts["vocab"]["bill"]
     with pytest.raises(_Interrupted):
-        _encode_modality(root, "bill", _DiesAfter(HashEncoder(32), 2), batch_size=8)
+        _encode_rows(
+            _vocab_texts(root, "bill"), _DiesAfter(HashEncoder(32), 2), 8, root / "vectors" / "bill.npy"
+        )
     assert not (root / "vectors" / "bill.npy").exists()  # nothing half-written in place
     counted = _DiesAfter(HashEncoder(32), 10**6)
-    done_now = _encode_modality(root, "bill", counted, batch_size=8)
+    done_now = _encode_rows(_vocab_texts(root, "bill"), counted, 8, root / "vectors" / "bill.npy")
     assert done_now == n_texts - 16 and counted.calls == -(-(n_texts - 16) // 8)
     np.testing.assert_array_equal(load_vectors(root, "bill"), load_vectors(built, "bill"))
 
@@ -111,3 +114,79 @@ def test_minilm_encodes_offline_from_the_packaged_weights(built, tmp_path, monke
     other = [i for i, t in enumerate(texts) if "Music" not in t and "Music" not in t]
     if len(music) >= 2:  # two music apps are closer to each other than to the average app
         assert v[music[0]] @ v[music[1]] > np.mean([v[music[0]] @ v[j] for j in other])
+
+
+def _plain_copy(built, folder):
+    """``built`` without its vectors (as the build leaves it)."""
+    shutil.copytree(built, folder, ignore=shutil.ignore_patterns("vectors"))
+    manifest = Manifest.load(folder)
+    manifest.files = {k: v for k, v in manifest.files.items() if not k.startswith("vectors/")}
+    manifest.encoders = {}
+    manifest.save(folder)
+    return folder
+
+
+@pytest.mark.parametrize("parts", [2, 5])
+def test_encode_split_over_array_tasks_gives_the_one_process_vectors(built, tmp_path, parts):
+    """Parts are whole batches of the one-process run, so a padded encoder (a small BERT here) sees
+    the same batches and gives the same bits; --merge N joins them and records them in the manifest."""
+    from tests.test_faults import tiny_text_encoder
+
+    model = tiny_text_encoder(tmp_path / "bert", built / "tokenizer", seed=0)
+    one = _plain_copy(built, tmp_path / "one")
+    encode_dataset(one, str(model), batch_size=16)
+    split = _plain_copy(built, tmp_path / "split")
+    for i in reversed(range(parts)):
+        encode_dataset(split, str(model), batch_size=16, part=PartitionSpec(i, parts))
+    assert not (split / "vectors" / "bill.npy").exists() and "active" not in Manifest.load(split).encoders
+    again = encode_dataset(split, str(model), batch_size=16, part=PartitionSpec(0, parts))  # a rerun task
+    assert set(again["encoded_rows"].values()) == {0}
+    encode_dataset(split, str(model), batch_size=16, merge=parts)
+    a, b = Manifest.load(one), Manifest.load(split)
+    assert a.encoders == b.encoders
+    for mod in a.event_modalities:
+        np.testing.assert_array_equal(load_vectors(one, mod), load_vectors(split, mod))
+        assert a.files[f"vectors/{mod}.npy"] == b.files[f"vectors/{mod}.npy"]
+    assert not (split / "vectors" / ".parts").exists()
+
+
+def test_a_missing_encode_part_at_the_merge_is_one_line_and_nothing_is_written(built, tmp_path):
+    from tests.conftest import run_qanchor
+    from tests.test_faults import files_under, one_line_error
+
+    data = _plain_copy(built, tmp_path / "d")
+    for i in (0, 2):
+        run_qanchor("encode", "--data", str(data), "--encoder", "hash", "--dim", "32", "--part", f"{i}/3")
+    before = files_under(data)
+    proc = run_qanchor(
+        "encode", "--data", str(data), "--encoder", "hash", "--dim", "32", "--merge", "3", check=False
+    )
+    one_line_error(proc, "part 1/3", "missing")
+    assert files_under(data) == before
+    proc = run_qanchor(
+        "encode", "--data", str(data), "--encoder", "hash", "--dim", "32", "--part", "3/3", check=False
+    )
+    one_line_error(proc, "--part", "out of range")
+
+
+def test_encode_part_auto_reads_the_launchers_environment(monkeypatch):
+    from data_modules.etl.encode import resolve_part
+    from data_modules.util.errors import DataError
+
+    for name in (
+        "SLURM_ARRAY_TASK_ID",
+        "SLURM_ARRAY_TASK_COUNT",
+        "SLURM_PROCID",
+        "SLURM_NTASKS",
+        "RANK",
+        "WORLD_SIZE",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(DataError, match="auto"):
+        resolve_part("auto")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert resolve_part("auto") == PartitionSpec(1, 4)
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "3")
+    assert resolve_part("auto") == PartitionSpec(2, 3)

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,24 +30,37 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def local_cluster(folder: Path, cpus: int, nodes: int = 1) -> Iterator[dict]:
+    """Start slurm/local/start.sh in ``folder`` (``nodes`` slurmd of ``cpus`` CPUs, free ports), yield
+    the environment to submit with, always stop it; skip with the reason where SLURM cannot run."""
     missing = [b for b in ("slurmctld", "slurmd", "sbatch", "munged") if shutil.which(b) is None]
     if missing:
         pytest.skip(f"SLURM is not installed here (missing {missing}); apt-get install slurm-wlm munge")
     if os.geteuid() != 0:
         pytest.skip("the local SLURM cluster runs its daemons as root (SlurmUser=root)")
-    folder = tmp_path_factory.mktemp("slurm")
-    env = dict(os.environ, SLURMCTLD_PORT=str(_free_port()), SLURMD_PORT=str(_free_port()))
+    port = _free_port()  # slurmctld; the slurmd take the next ports
+    while any(_busy(p) for p in range(port + 1, port + 1 + nodes)):
+        port = _free_port()
+    env = dict(os.environ, SLURMCTLD_PORT=str(port), SLURMD_PORT=str(port + 1))
     try:
-        start = subprocess.run([str(ROOT / "slurm/local/start.sh"), str(folder), "2"], env=env,
+        start = subprocess.run([str(ROOT / "slurm/local/start.sh"), str(folder), str(cpus), str(nodes)], env=env,
                                capture_output=True, text=True, timeout=120)  # fmt: skip
         if start.returncode != 0:
-            logs = "\n".join(p.read_text()[-2000:] for p in (folder / "log").glob("*.log"))
-            pytest.fail(f"local SLURM cluster did not start:\n{start.stderr}\n{logs}")
+            text = "\n".join(p.read_text()[-2000:] for p in (folder / "log").glob("*.log"))
+            pytest.fail(f"local SLURM cluster ({nodes} nodes) did not start:\n{start.stderr}\n{text}")
         yield dict(os.environ, SLURM_CONF=str(folder / "slurm.conf"))
     finally:
         subprocess.run([str(ROOT / "slurm/local/stop.sh"), str(folder)], timeout=60)
+
+
+def _busy(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    yield from local_cluster(tmp_path_factory.mktemp("slurm"), cpus=2)
 
 
 def sbatch(env, script: str, export: list[str], logs_in: Path, tasks: int = 2) -> str:
@@ -92,6 +106,43 @@ def wait_done(env, job: str, timeout: float = 400) -> dict[str, str]:
     raise AssertionError(f"job {job} still {job_info(env, job).get('JobState')} after {timeout} s")
 
 
+def preempt_after(env, job: str, run: Path, logged_steps: int) -> None:
+    """Send SIGUSR1 (what SLURM sends before pre-emption) once rank 0 has logged ``logged_steps``
+    steps, then release the requeued job at once (SLURM holds a requeued job back for a while)."""
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        path = run / "samples-rank0.jsonl"
+        if path.exists() and len(path.read_text().splitlines()) >= logged_steps:
+            break
+        assert job_info(env, job).get("JobState") in ("PENDING", "RUNNING"), logs(run)
+        time.sleep(0.1)
+    subprocess.run(["scancel", "--signal=USR1", job], env=env, check=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        info = job_info(env, job)
+        if int(info.get("Restarts", 0)) >= 1 and info.get("JobState") == "PENDING":
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, check=True)
+            break
+        time.sleep(0.2)
+
+
+def build_chain(env, raw: Path, out: Path, folder: Path, *sbatch_options: str) -> dict[str, str]:
+    """`bash slurm/build.sbatch` with 2 partitions, as a user submits it from ``folder``; waits for the
+    finish job and returns the job ids by stage."""
+    from tests.test_build_partitions import FLAGS
+
+    env = dict(env, RAW=str(raw), OUT=str(out), PARTITIONS="2", QANCHOR=str(Path(sys.executable).parent / "qanchor"),
+               EXTRA_ARGS=" ".join(FLAGS))  # fmt: skip
+    proc = subprocess.run(["bash", str(ROOT / "slurm" / "build.sbatch"), "--cpus-per-task=1", *sbatch_options],
+                          cwd=folder, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    jobs = dict(item.split("=") for item in proc.stdout.split())
+    info = wait_done(env, jobs["finish"], timeout=600)
+    log_text = "\n".join(p.read_text()[-2000:] for p in sorted((folder / "slurm-logs").glob("*")))
+    assert info["JobState"] == "COMPLETED", log_text
+    return jobs
+
+
 def audit(run_dir: Path, rank: int) -> list[dict]:
     return [json.loads(x) for x in (run_dir / f"samples-rank{rank}.jsonl").read_text().splitlines()]
 
@@ -121,22 +172,7 @@ def test_sigusr1_preemption_requeues_and_resumes_without_losing_or_repeating_sam
     run.mkdir()
     steps, per_epoch = 14, -(-150 // 16)  # 150 users per rank, 16 per step: 10 steps per epoch
     job = submit(cluster, built, run, steps, "--checkpoint.every_n_train_steps", "1000")
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        path = run / "samples-rank0.jsonl"
-        if path.exists() and len(path.read_text().splitlines()) >= 5:
-            break
-        assert job_info(cluster, job).get("JobState") in ("PENDING", "RUNNING"), logs(run)
-        time.sleep(0.1)
-    subprocess.run(["scancel", "--signal=USR1", job], env=cluster, check=True)
-    # SLURM holds a requeued job back for a while (BeginTime); a waiting test releases it at once
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        info = job_info(cluster, job)
-        if int(info.get("Restarts", 0)) >= 1 and info.get("JobState") == "PENDING":
-            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=cluster, check=True)
-            break
-        time.sleep(0.2)
+    preempt_after(cluster, job, run, logged_steps=5)
     info = wait_done(cluster, job, timeout=600)
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", logs(run)
     assert int(info["Restarts"]) == 1, logs(run)
@@ -164,7 +200,7 @@ def test_embedding_job_with_the_real_sbatch_script_writes_a_part_set_per_task(
     assert info["JobState"] == "COMPLETED", logs(tmp_path)
     assert {p.name.split("-")[1] for p in (out / "parts").glob("*.parquet")} == {"r000", "r001"}
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["rows"] == 300 and manifest["job"]["devices"] == 2  # every user once
+    assert manifest["rows"] == 300 and manifest["job"]["world_size"] == 2  # every user once
 
 
 def test_qa_synth_with_the_real_sbatch_script_shares_users_between_tasks(cluster, built, tmp_path):
@@ -212,3 +248,17 @@ def test_a_requeued_tuning_job_resumes_instead_of_refusing(cluster, built, pretr
     second = submit(4)
     assert "starting fresh" not in second["err"] and "step 4/4" in second["err"]
     assert torch.load(run / "Takeout" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
+
+
+def test_a_two_partition_array_build_with_the_real_script_equals_the_one_process_build(
+    cluster, built, raw_world, tmp_path
+):
+    """`bash slurm/build.sbatch` submits plan -> stats array -> shards array -> finish; the data set
+    it builds has the same rows, vocabularies, benchmarks and statistics as `built`."""
+    from tests.test_build_partitions import assert_same_data_set
+
+    out = tmp_path / "data"
+    build_chain(cluster, raw_world, out, tmp_path)
+    logs_written = list((tmp_path / "slurm-logs").glob("qanchor-build-*.out"))
+    assert len(logs_written) == 8  # plan, 2 + 2 + 2 array tasks, finish
+    assert_same_data_set(built, out)

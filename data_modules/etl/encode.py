@@ -22,10 +22,13 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from data_modules.etl.manifest import Manifest, file_entry
-from data_modules.util.atomic import atomic_path, write_json
+from data_modules.etl.partition import PartitionSpec
+from data_modules.util.atomic import atomic_path, read_json, write_json
+from data_modules.util.errors import DataError
 from data_modules.util.hashing import sha256_file, sha256_folder, stable_hash64
 
 VECTORS_DIR = "vectors"
+PARTS_DIR = ".parts"  # encode --part I/N writes here; encode --merge N joins them
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -145,13 +148,14 @@ def known_vectors(other: str | Path, modality: str, identity: str) -> dict[str, 
     return {t: vectors[i] for i, t in enumerate(texts)}
 
 
-def _encode_modality(root: Path, modality: str, encoder, batch_size: int) -> int:
-    """Encode one vocabulary, resuming a partial run by the same encoder. Returns rows encoded now."""
-    texts = pq.read_table(root / "vocab" / f"{modality}.parquet", columns=["text"]).column("text").to_pylist()
-    vec_dir = root / VECTORS_DIR
-    vec_dir.mkdir(parents=True, exist_ok=True)
-    partial = vec_dir / f".{modality}.partial.npy"
-    progress_path = vec_dir / f".{modality}.progress.json"
+def _encode_rows(texts: list[str], encoder, batch_size: int, final: Path) -> int:
+    """Encode ``texts`` into ``final`` (float16), resuming a partial run by the same encoder: rows
+    go to ``.NAME.partial.npy`` and ``.NAME.progress.json`` says how many are on disk. Returns the
+    rows encoded now."""
+    folder, stem = final.parent, final.name.removesuffix(".npy")
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f".{stem}.partial.npy"
+    progress_path = folder / f".{stem}.progress.json"
     shape = (len(texts), encoder.dim)
     done = 0
     if partial.exists() and progress_path.exists():
@@ -163,7 +167,7 @@ def _encode_modality(root: Path, modality: str, encoder, batch_size: int) -> int
     else:
         out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=shape)
     start = done
-    with tqdm(total=len(texts), initial=done, desc=f"encode {modality}", unit="text", leave=False) as bar:
+    with tqdm(total=len(texts), initial=done, desc=f"encode {stem}", unit="text", leave=False) as bar:
         while done < len(texts):
             chunk = texts[done : done + batch_size]
             out[done : done + len(chunk)] = encoder(chunk).astype(np.float16)
@@ -174,15 +178,31 @@ def _encode_modality(root: Path, modality: str, encoder, batch_size: int) -> int
             )
             bar.update(len(chunk))
     del out
-    with atomic_path(vec_dir / f"{modality}.npy") as tmp:
+    with atomic_path(final) as tmp:
         partial.replace(tmp)
     progress_path.unlink(missing_ok=True)
     return done - start
 
 
+def _vocab_texts(root: Path, modality: str) -> list[str]:
+    return pq.read_table(root / "vocab" / f"{modality}.parquet", columns=["text"]).column("text").to_pylist()
+
+
+def part_rows(n_texts: int, batch_size: int, part: PartitionSpec) -> range:
+    """The rows of a vocabulary that encode part ``part`` owns: whole batches of the one-process
+    run (a batch is padded as a whole, so the same batches give the same vectors)."""
+    batches = -(-n_texts // batch_size)
+    first, last = part.index * batches // part.count, (part.index + 1) * batches // part.count
+    return range(min(first * batch_size, n_texts), min(last * batch_size, n_texts))
+
+
+def _part_path(root: Path, modality: str, part: PartitionSpec) -> Path:
+    return root / VECTORS_DIR / PARTS_DIR / f"{modality}.{part.name}.npy"
+
+
 @dataclass
 class EncodeConfig:
-    """One vector per distinct event text of a built data set (resumable)."""
+    """One vector per distinct event text of a built data set (resumable; splits over array tasks)."""
 
     data: str
     """a built data set"""
@@ -196,12 +216,32 @@ class EncodeConfig:
     """default: mean for minilm, cls for a PATH"""
     device: str = "cpu"
     """cpu | cuda"""
+    part: str | None = None
+    """I/N: encode only this part of every vocabulary (whole batches; an array task or a rank: 'auto'
+    reads SLURM_ARRAY_TASK_ID/COUNT, else SLURM_PROCID/NTASKS, else RANK/WORLD_SIZE); then --merge N"""
+    merge: int = 0
+    """join the N parts written by `--part I/N` tasks into the vectors (the same vectors as one process)"""
 
 
 def run_encode(cfg: EncodeConfig) -> dict:
     """``qanchor encode``."""
+    part = resolve_part(cfg.part) if cfg.part else None
     return encode_dataset(cfg.data, cfg.encoder, batch_size=cfg.batch_size, dim=cfg.dim, pooling=cfg.pooling,
-                          device=cfg.device)  # fmt: skip
+                          device=cfg.device, part=part, merge=cfg.merge)  # fmt: skip
+
+
+def resolve_part(text: str) -> PartitionSpec:
+    """``--part I/N``, or ``auto`` from the launcher's environment."""
+    import os
+
+    if text != "auto":
+        return PartitionSpec.parse(text, "--part")
+    env = os.environ
+    for index, count in (("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT"), ("SLURM_PROCID", "SLURM_NTASKS"),
+                         ("RANK", "WORLD_SIZE")):  # fmt: skip
+        if index in env and count in env:
+            return PartitionSpec.parse(f"{env[index]}/{env[count]}", f"--part auto ({index}/{count})")
+    raise DataError("--part", "'auto' outside a SLURM array, srun or torchrun", expected="I/N")
 
 
 def encode_dataset(
@@ -213,11 +253,14 @@ def encode_dataset(
     pooling: str | None = None,
     device: str = "cpu",
     reuse: str | Path | None = None,
+    part: PartitionSpec | None = None,
+    merge: int = 0,
 ) -> dict:
     """Fill every vocabulary of a built data set with vectors; record them in the manifest.
 
     ``reuse``: another data set encoded by the same encoder; its texts' vectors are copied, not
-    recomputed."""
+    recomputed. ``part``: encode only that part of each vocabulary (no manifest change); ``merge``:
+    join N such parts into the vectors."""
     root = Path(data)
     manifest = Manifest.load(root)
     encoder = make_encoder(spec, dim=dim, pooling=pooling, device=device)
@@ -236,16 +279,82 @@ def encode_dataset(
         wrapped = ReusingEncoder(
             encoder, known_vectors(reuse, m, encoder.identity) if reuse is not None else {}
         )
-        encoded[m] = _encode_modality(root, m, wrapped, batch_size)
-        reused[m] = wrapped.reused
+        texts = _vocab_texts(root, m)
+        if part is not None:
+            rows = part_rows(len(texts), batch_size, part)
+            target = _part_path(root, m, part)
+            done_marker = target.with_suffix(".json")
+            expected = {"encoder_sha256": encoder.identity, "rows": [rows.start, rows.stop], "batch_size": batch_size,
+                        "vocab_sha256": manifest.files[f"vocab/{m}.parquet"]["sha256"]}  # fmt: skip
+            if done_marker.exists() and target.exists() and read_json(done_marker) == expected:
+                encoded[m] = reused[m] = 0
+                continue
+            encoded[m] = _encode_rows(texts[rows.start : rows.stop], wrapped, batch_size, target)
+            write_json(done_marker, expected)
+            reused[m] = wrapped.reused
+            continue
+        if merge:
+            encoded[m], reused[m] = (
+                _merge_parts(root, m, texts, encoder.identity, batch_size, manifest, merge),
+                0,
+            )
+        else:
+            encoded[m] = _encode_rows(texts, wrapped, batch_size, root / rel)
+            reused[m] = wrapped.reused
         manifest.files[rel] = {**file_entry(root, rel, manifest.counts["vocab"][m]), "encoder": encoder.name,
                                "encoder_sha256": encoder.identity}  # fmt: skip
         manifest.save(root)  # after each modality, so a resumed run skips it
+    result = {"data": str(root), "encoder": encoder.name, "dim": encoder.dim, "encoded_rows": encoded,
+              "reused_rows": reused}  # fmt: skip
+    if part is not None:
+        return {**result, "part": part.name}
     manifest.encoders["active"] = {"name": encoder.name, "spec": spec, "dim": encoder.dim,
                                    "sha256": encoder.identity}  # fmt: skip
     manifest.save(root)
-    return {"data": str(root), "encoder": encoder.name, "dim": encoder.dim, "encoded_rows": encoded,
-            "reused_rows": reused}  # fmt: skip
+    import shutil
+
+    shutil.rmtree(root / VECTORS_DIR / PARTS_DIR, ignore_errors=True)
+    return result
+
+
+def _merge_parts(
+    root: Path,
+    modality: str,
+    texts: list[str],
+    identity: str,
+    batch_size: int,
+    manifest: Manifest,
+    count: int,
+) -> int:
+    """Join ``count`` parts of one vocabulary, each checked (same encoder, vocabulary and batch
+    size, its rows); a missing or foreign part is an error naming it, and nothing is written."""
+    parts = [PartitionSpec(i, count) for i in range(count)]
+    arrays = []
+    for part in parts:
+        path = _part_path(root, modality, part)
+        rows = part_rows(len(texts), batch_size, part)
+        expected = {"encoder_sha256": identity, "rows": [rows.start, rows.stop], "batch_size": batch_size,
+                    "vocab_sha256": manifest.files[f"vocab/{modality}.parquet"]["sha256"]}  # fmt: skip
+        marker = path.with_suffix(".json")
+        if not path.exists() or not marker.exists():
+            raise DataError(path, f"encode part {part.index}/{count} of '{modality}' is missing",
+                            expected=f"every `encode --part I/{count}` task finished first")  # fmt: skip
+        if read_json(marker) != expected:
+            raise DataError(marker, f"part made with other options or data ({read_json(marker)})",
+                            expected=str(expected))  # fmt: skip
+        arrays.append(np.load(path, mmap_mode="r"))
+    final = root / VECTORS_DIR / f"{modality}.npy"
+    with atomic_path(final) as tmp:
+        out = np.lib.format.open_memmap(
+            tmp, mode="w+", dtype=np.float16, shape=(len(texts), arrays[0].shape[1])
+        )
+        at = 0
+        for array in arrays:
+            out[at : at + len(array)] = array
+            at += len(array)
+        out.flush()
+        del out
+    return len(texts)
 
 
 def load_vectors(root: str | Path, modality: str) -> np.ndarray:

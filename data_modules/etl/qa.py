@@ -11,6 +11,7 @@ No unit or domain is assumed: a value is a plain number unless ``modalities.json
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -24,6 +25,7 @@ QUOTED_SPAN = re.compile(r'"[^"\x00]*"')
 _MASK = re.compile(r"\x00(\d+)\x00")
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def number_key(text: str) -> str:
     """Numbers compare by value to two decimals: "10", "10.0" and "10.00" state the same fact."""
     return f"{float(text):.2f}"
@@ -52,8 +54,10 @@ def mask_quotes(text: str, spans: Iterable[str], *, partial: bool = False) -> tu
         return f"\x00{len(kept) - 1}\x00"
 
     for span in sorted(set(spans), key=len, reverse=True):  # longest first: nested quotes stay whole
-        if span:
-            text = re.sub(re.escape(f'"{span}"'), sub, text)
+        quoted = f'"{span}"'
+        if span and quoted in text:  # plain text search: no pattern compiled per span
+            kept.append(quoted)
+            text = text.replace(quoted, f"\x00{len(kept) - 1}\x00")
     if partial:
         lowered = [s.lower() for s in spans]
 

@@ -10,8 +10,6 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from data_modules.etl.schemas import (
     EVENTS_COLUMNS,
@@ -156,76 +154,124 @@ def infer_modalities(inputs: RawInputs) -> list[str]:
     return mods
 
 
-def scan_events(inputs: RawInputs, event_mods: list[str], max_text_chars: int = 1000) -> pl.LazyFrame:
-    """Validate every events file and return one lazy frame with a uniform schema.
+def _uniform_events(path: Path, schema: pa.Schema, lf: pl.LazyFrame) -> pl.LazyFrame:
+    """One events file's columns in the build's uniform types (ts as naive UTC, microseconds)."""
+    ts = pl.col("ts")
+    if schema.field("ts").type.tz is not None:
+        ts = ts.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+    names = schema.names
+    return lf.with_columns(
+        pl.col("user_id").cast(pl.String),
+        pl.col("modality").cast(pl.String),
+        ts.dt.cast_time_unit("us").alias("ts"),
+        pl.col("text").cast(pl.String),
+        (pl.col("category").cast(pl.String) if "category" in names else pl.lit(None, pl.String)).alias(
+            "category"
+        ),
+        (pl.col("value").cast(pl.Float64) if "value" in names else pl.lit(None, pl.Float64)).alias("value"),
+    )
 
-    Checks per file: readable parquet with valid UTF-8 text, required columns with the right types,
-    no nulls in user_id/modality/ts/text, no empty user_id, finite values, every modality known.
-    Counted, not errors: empty files (skipped), texts longer than ``max_text_chars`` (cut there: a
-    megabyte without a space would stall any tokenizer), exact duplicate events (dropped: a log
-    shipped twice must not count twice).
-    """
+
+def scan_event_columns(files: list[Path]) -> pl.LazyFrame:
+    """All events files as one lazy frame (modality, ts, value), unvalidated: the plan's cheap pass
+    (only these columns are read)."""
     frames = []
-    for path in inputs.events:
+    for path in files:
         schema = read_schema(path)
         check_columns(path, schema, EVENTS_COLUMNS)
-        try:
-            n_rows = pq.ParquetFile(path).metadata.num_rows
-        except (pa.ArrowInvalid, OSError) as err:
-            raise DataError(path, f"corrupt parquet metadata: {err}") from None
-        if n_rows == 0:
-            count_skip(inputs.skipped, "empty_event_files", 1, f"empty events file {path}")
-            continue
-        lf = pl.scan_parquet(path)
-        ts_type = schema.field("ts").type
-        ts = pl.col("ts")
-        if ts_type.tz is not None:
-            ts = ts.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
-        lf = lf.select(
-            pl.col("user_id").cast(pl.String),
-            pl.col("modality").cast(pl.String),
-            ts.dt.cast_time_unit("us").alias("ts"),
-            pl.col("text").cast(pl.String),
-            (
-                pl.col("category").cast(pl.String) if "category" in schema.names else pl.lit(None, pl.String)
-            ).alias("category"),
-            (pl.col("value").cast(pl.Float64) if "value" in schema.names else pl.lit(None, pl.Float64)).alias(
-                "value"
-            ),
-        )
-        _check_event_rows(path, lf, event_mods)
-        frames.append(lf)
-    if not frames:
-        raise DataError(inputs.events[0].parent, "every events file is empty")
-    events = pl.concat(frames, how="vertical")
-    long_text = pl.col("text").str.len_chars() > max_text_chars
-    n_rows, n_long = events.select(pl.len(), long_text.sum()).collect().row(0)
-    count_skip(
-        inputs.skipped, "event_texts_truncated", n_long, f"event texts cut to {max_text_chars} characters"
-    )
-    events = events.with_columns(pl.col("text").str.slice(0, max_text_chars))
-    events = events.unique(maintain_order=True)
-    n_unique = events.select(pl.len()).collect().item()
-    count_skip(inputs.skipped, "duplicate_events", n_rows - n_unique, "exact duplicate events")
-    return events
+        frames.append(_uniform_events(path, schema, pl.scan_parquet(path)).select("modality", "ts", "value"))
+    return pl.concat(frames, how="vertical")
 
 
-def _check_event_rows(path: Path, lf: pl.LazyFrame, event_mods: list[str]) -> None:
+def _problem(event_mods: list[str]) -> pl.Expr:
     value = pl.col("value")
-    any_problem = pl.any_horizontal(
+    return pl.any_horizontal(
         *(pl.col(c).is_null() for c in ("user_id", "ts", "text", "modality")),
         pl.col("user_id").str.strip_chars() == "",
         value.is_not_null() & (value.is_nan() | value.is_infinite()),
         ~pl.col("modality").is_in(event_mods),
-    )
+    ).alias("problem")
+
+
+_EVENT_COLUMNS = ["user_id", "modality", "ts", "text", "category", "value"]
+
+
+def _checked_file(path: Path, k: int, event_mods: list[str]) -> pl.LazyFrame:
+    """Events file ``k`` in uniform types with its row numbers and a ``problem`` flag per row."""
+    schema = read_schema(path)
+    check_columns(path, schema, EVENTS_COLUMNS)
+    lf = _uniform_events(path, schema, pl.scan_parquet(path, row_index_name="row"))
+    return lf.select(*_EVENT_COLUMNS, _problem(event_mods), pl.col("row"), pl.lit(k).alias("file"))
+
+
+def _sink(lf: pl.LazyFrame, target, path: Path) -> None:
     try:
-        bad = lf.with_row_index("row").filter(any_problem).head(1).collect()
+        lf.sink_parquet(target, mkdir=True)
     except (pl.exceptions.PolarsError, pa.ArrowException, OSError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DataError(path, f"unreadable rows ({first})", expected="parquet with UTF-8 text") from None
-    if bad.height == 0:
-        return
-    row = bad.row(0, named=True)
+
+
+def _check_rows(rows: pl.LazyFrame, files: dict[int, Path], event_mods: list[str]) -> None:
+    bad = rows.filter("problem").head(1).collect()
+    if bad.height:
+        row = bad.row(0, named=True)
+        _raise_event_problem(files[row["file"]], row, event_mods)
+
+
+def scatter_events(files: dict[int, Path], event_mods: list[str], partition_of, out: Path) -> None:
+    """The map side of a partitioned build: read ``files`` (index -> path: this task's share of the
+    raw events) once, check every row (errors name file, column and row), and write each row under
+    ``out/file-K/part=I/`` for the partition ``I`` that owns its user (``partition_of``: an
+    expression). Each stats task then reads only its own partition's rows."""
+    for k, path in sorted(files.items()):
+        lf = _checked_file(path, k, event_mods).with_columns(partition_of.alias("part"))
+        _sink(lf, pl.PartitionBy(out / f"file-{k:06d}", key="part", include_key=False), path)
+    written = sorted(out.glob("file-*/part=*/*.parquet"))
+    if written:
+        _check_rows(pl.scan_parquet(written), files, event_mods)
+
+
+def spool_events(
+    files: list[Path],
+    event_mods: list[str],
+    owned: pl.Expr,
+    spool: Path,
+    skipped: dict[str, int],
+    max_text_chars: int = 1000,
+) -> pl.LazyFrame:
+    """One streaming pass over the raw events: the rows ``owned`` keeps, in uniform types, checked
+    (errors name file, column and row: unreadable or non-UTF-8 files, nulls in user_id, modality,
+    ts or text, an empty user_id, a non-finite value, an unknown modality), then cleaned (see
+    :func:`clean_events`) into ``spool``. Memory is bounded by what ``owned`` keeps."""
+    spool.mkdir(parents=True, exist_ok=True)
+    for k, path in enumerate(files):
+        _sink(_checked_file(path, k, event_mods).filter(owned), spool / f"raw-{k:06d}.parquet", path)
+    raw = pl.scan_parquet(sorted(spool.glob("raw-*.parquet")))
+    _check_rows(raw, dict(enumerate(files)), event_mods)
+    return clean_events(raw, spool, skipped, max_text_chars)
+
+
+def clean_events(
+    raw: pl.LazyFrame, spool: Path, skipped: dict[str, int], max_text_chars: int = 1000
+) -> pl.LazyFrame:
+    """Checked events -> ``spool/events.parquet``, counted: texts longer than ``max_text_chars`` are
+    cut there (a megabyte without a space would stall any tokenizer), exact duplicate events are
+    dropped (a log shipped twice must not count twice)."""
+    long_text = pl.col("text").str.len_chars() > max_text_chars
+    n_rows, n_long = raw.select(pl.len(), long_text.sum()).collect().row(0)
+    count_skip(skipped, "event_texts_truncated", n_long, f"event texts cut to {max_text_chars} characters")
+    clean = raw.select(*_EVENT_COLUMNS).with_columns(pl.col("text").str.slice(0, max_text_chars))
+    clean.unique(maintain_order=True).sink_parquet(spool / "events.parquet")
+    for part in spool.glob("raw-*.parquet"):
+        part.unlink()
+    events = pl.scan_parquet(spool / "events.parquet")
+    n_unique = events.select(pl.len()).collect().item()
+    count_skip(skipped, "duplicate_events", n_rows - n_unique, "exact duplicate events")
+    return events
+
+
+def _raise_event_problem(path: Path, row: dict, event_mods: list[str]) -> None:
     for col in ("user_id", "ts", "text", "modality"):
         if row[col] is None:
             raise DataError(path, "null value", column=col, row=row["row"])
@@ -248,8 +294,11 @@ def _check_event_rows(path: Path, lf: pl.LazyFrame, event_mods: list[str]) -> No
     )
 
 
-def read_users(path: Path | None, use_tabular: bool) -> tuple[pl.DataFrame | None, list[str]]:
-    """Read and validate the users table: unique ids, numeric features, all finite.
+def read_users(
+    path: Path | None, use_tabular: bool, owned: pl.Expr | None = None
+) -> tuple[pl.DataFrame | None, list[str]]:
+    """Read and validate the users table (the rows ``owned`` keeps, e.g. a partition's): ids present,
+    non-empty and unique, numeric features, all finite.
 
     Returns (users frame with user_id + features as Float64, feature names).
     """
@@ -259,28 +308,27 @@ def read_users(path: Path | None, use_tabular: bool) -> tuple[pl.DataFrame | Non
         return None, []
     schema = read_schema(path)
     features = check_users_schema(path, schema)
+    lf = pl.scan_parquet(path, row_index_name="row").with_columns(pl.col("user_id").cast(pl.String))
     try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as err:
+        df = lf.filter(owned if owned is not None else pl.lit(True)).collect()
+    except (pl.exceptions.PolarsError, pa.ArrowException, OSError) as err:
         raise DataError(path, f"not a readable parquet file (truncated or corrupt?): {err}") from None
-    ids = table.column("user_id")
-    if ids.null_count:
-        row = int(np.flatnonzero(pc.is_null(ids).to_numpy(zero_copy_only=False))[0])
-        raise DataError(path, "null user_id", column="user_id", row=row)
-    df = pl.from_arrow(table).with_columns(pl.col("user_id").cast(pl.String))
-    empty = df.with_row_index("row").filter(pl.col("user_id").str.strip_chars() == "").head(1)
+    null = df.filter(pl.col("user_id").is_null()).head(1)
+    if null.height:
+        raise DataError(path, "null user_id", column="user_id", row=null["row"][0])
+    empty = df.filter(pl.col("user_id").str.strip_chars() == "").head(1)
     if empty.height:
         raise DataError(
             path, "empty user_id", column="user_id", row=empty["row"][0], expected="a non-empty id"
         )
-    dup = df.with_row_index("row").filter(pl.col("user_id").is_duplicated()).head(2)
+    dup = df.filter(pl.col("user_id").is_duplicated()).head(2)
     if dup.height:
         r = dup.row(1, named=True)
         raise DataError(path, f"duplicate user_id '{r['user_id']}'", column="user_id", row=r["row"])
     if use_tabular:
         df = df.with_columns([pl.col(c).cast(pl.Float64) for c in features])
         for c in features:
-            bad = df.with_row_index("row").filter(~pl.col(c).is_finite() | pl.col(c).is_null()).head(1)
+            bad = df.filter(~pl.col(c).is_finite() | pl.col(c).is_null()).head(1)
             if bad.height:
                 r = bad.row(0, named=True)
                 raise DataError(
@@ -293,11 +341,18 @@ def read_users(path: Path | None, use_tabular: bool) -> tuple[pl.DataFrame | Non
     return df.select("user_id", *(features if use_tabular else [])), features if use_tabular else []
 
 
-def read_labels(path: Path, scenario_names: set[str]) -> pl.DataFrame:
-    """Read the optional labels file: (user_id, scenario) unique, label in {0, 1}, scenario known."""
+def _scan_rows(path: Path, columns: list[str], owned: pl.Expr | None) -> pl.DataFrame:
+    """``columns`` of the rows ``owned`` keeps (all without it), with their row number in the file."""
+    lf = pl.scan_parquet(path, row_index_name="row").select("row", *columns)
+    return lf.filter(owned if owned is not None else pl.lit(True)).collect()
+
+
+def read_labels(path: Path, scenario_names: set[str], owned: pl.Expr | None = None) -> pl.DataFrame:
+    """Read the optional labels file (the rows ``owned`` keeps): (user_id, scenario) unique, label in
+    {0, 1}, scenario known."""
     schema = read_schema(path)
     check_columns(path, schema, LABELS_COLUMNS)
-    df = pl.read_parquet(path, columns=["user_id", "scenario", "label"]).with_row_index("row")
+    df = _scan_rows(path, ["user_id", "scenario", "label"], owned)
     df = df.with_columns(
         pl.col("user_id").cast(pl.String), pl.col("scenario").cast(pl.String), pl.col("label").cast(pl.Int64)
     )
@@ -326,11 +381,12 @@ def read_labels(path: Path, scenario_names: set[str]) -> pl.DataFrame:
     return df.drop("row")
 
 
-def read_external_qa(path: Path) -> pl.DataFrame:
-    """Read externally generated QA pairs (e.g. from an LLM); null or empty texts are errors."""
+def read_external_qa(path: Path, owned: pl.Expr | None = None) -> pl.DataFrame:
+    """Read externally generated QA pairs (e.g. from an LLM; the rows ``owned`` keeps); null or empty
+    texts are errors."""
     schema = read_schema(path)
     check_columns(path, schema, QA_COLUMNS)
-    df = pl.read_parquet(path, columns=["user_id", "query", "answer"]).with_row_index("row")
+    df = _scan_rows(path, ["user_id", "query", "answer"], owned)
     df = df.with_columns([pl.col(c).cast(pl.String) for c in ("user_id", "query", "answer")])
     for c in ("user_id", "query", "answer"):
         bad = df.filter(pl.col(c).is_null() | (pl.col(c).str.strip_chars() == "")).head(1)

@@ -74,10 +74,12 @@ class QAReport:
 
 def mark_seen(ev: pl.DataFrame, caps: Mapping[str, int]) -> pl.DataFrame:
     """Sort one shard's events and flag ``seen``: the last ``cap`` history events per (user, modality)
-    and the first ``cap`` future ones."""
+    and the first ``cap`` future ones. Events at the same time are ordered by their own content
+    (text, category, value), never by anything computed over other users (such as vocabulary ids),
+    so that every partition of a build decides alone and alike."""
     keys = ["user_id", "modality", "window"]
     cap = pl.col("modality").replace_strict(dict(caps), return_dtype=pl.Int64)
-    ev = ev.sort([*keys, "ts", "vid", "category", "value"], nulls_last=True)
+    ev = ev.sort([*keys, "ts", "text", "category", "value"], nulls_last=True)
     from_end = pl.int_range(pl.len(), 0, -1).over(keys)
     from_start = pl.int_range(1, pl.len() + 1).over(keys)
     seen = pl.when(pl.col("window") == "history").then(from_end <= cap).otherwise(from_start <= cap)

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import psutil
 
-from data_modules.loading.datamodule import UserStreamLoader, UserUDataModule
 from data_modules.util.errors import DataError
 
 
@@ -62,6 +61,8 @@ def bench_data(cfg: BenchDataConfig) -> dict:
     """Time one epoch (or ``batches`` batches) of the pretraining loader after one warm-up batch."""
     data, workers, batch_size, batches = cfg.data, cfg.workers, cfg.batch_size, cfg.batches
     max_events, tokenizer = cfg.max_events, cfg.tokenizer
+    from data_modules.loading.datamodule import UserStreamLoader, UserUDataModule  # torch: only when run
+
     dm = UserUDataModule(
         str(data), tokenizer=tokenizer, batch_size=batch_size, num_workers=workers, max_events=max_events
     )

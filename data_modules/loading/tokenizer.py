@@ -20,23 +20,35 @@ TOKENIZER_DIR = "tokenizer"
 PAD, EOS = "<|pad|>", "<|endoftext|>"
 
 
-def _texts(root: Path, shard_names: Iterable[str], extra: list[str]) -> Iterator[str]:
+def _texts(root: Path, shard_names: Iterable[str], extra: list[str], max_users: int | None) -> Iterator[str]:
+    """The scenario queries, then the QA texts of the first ``max_users`` users (all when None)."""
     yield from extra
+    left = max_users if max_users else None
     for name in shard_names:
         if not name.startswith("shards/"):
             continue
         pf = pq.ParquetFile(root / name)
         for rg in range(pf.num_row_groups):
+            if left is not None and left <= 0:
+                return
             t = pf.read_row_group(rg, columns=["qa_query", "qa_answer"])
+            if left is not None:
+                t = t.slice(0, left)
+                left -= t.num_rows
             for col in ("qa_query", "qa_answer"):
                 for items in t.column(col).to_pylist():
                     yield from items
 
 
 def train_tokenizer(
-    root: str | Path, shard_names: Iterable[str], vocab_size: int, extra_texts: list[str]
+    root: str | Path,
+    shard_names: Iterable[str],
+    vocab_size: int,
+    extra_texts: list[str],
+    max_users: int | None = None,
 ) -> Path:
-    """Train and save a byte-level BPE under ``root/tokenizer``; returns that folder."""
+    """Train and save a byte-level BPE under ``root/tokenizer`` on the QA texts of the first
+    ``max_users`` users of ``shard_names`` (in that order; all when None); returns the folder."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     root = Path(root)
@@ -49,7 +61,7 @@ def train_tokenizer(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_texts(root, shard_names, extra_texts), trainer=trainer)
+    tok.train_from_iterator(_texts(root, shard_names, extra_texts, max_users), trainer=trainer)
     out = root / TOKENIZER_DIR
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / ".tokenizer.json.tmp"

@@ -201,16 +201,13 @@ def derive_split(cfg: ExperimentConfig) -> TimeSplit:
         RawInputs,
         check_timezone,
         default_cutoff,
-        infer_modalities,
         resolve_cutoff,
-        scan_events,
+        scan_event_columns,
     )
-    from data_modules.etl.schemas import event_modalities
 
     tz = check_timezone(cfg.timezone)
     inputs = RawInputs.locate(cfg.raw)
-    mods = cfg.modalities.split(",") if cfg.modalities else infer_modalities(inputs)
-    events = scan_events(inputs, event_modalities(mods))
+    events = scan_event_columns(inputs.events)  # the build checks every row; here only times
     first, last = (
         events.select(pl.col("ts").min().alias("first"), pl.col("ts").max().alias("last")).collect().row(0)
     )

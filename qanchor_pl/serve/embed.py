@@ -243,6 +243,7 @@ def run_embed(cfg: EmbedConfig) -> dict:
 def _run_embed(cfg: EmbedConfig) -> dict:
     model, data, scenarios, out, prompts = cfg.model, cfg.data, cfg.scenarios, cfg.out, cfg.prompts
     kv_cache, batch_size, part_batches, devices = cfg.kv_cache, cfg.batch_size, cfg.part_batches, cfg.devices
+    num_nodes = cfg.num_nodes
     accelerator, num_workers = cfg.accelerator, cfg.num_workers
     out_dir = Path(out)
     qmodel = load_model(model)
@@ -250,7 +251,7 @@ def _run_embed(cfg: EmbedConfig) -> dict:
     job = {
         "model": str(model), "data": str(data), "scenarios": [q.name for q in queries],
         "queries": {q.name: q.query for q in queries}, "prompts": prompts, "batch_size": batch_size,
-        "part_batches": part_batches, "devices": devices, "kv_cache": kv_cache,
+        "part_batches": part_batches, "world_size": devices * num_nodes, "kv_cache": kv_cache,
         "embed_dim": qmodel.embedding_dim,
     }  # fmt: skip
     job_path = out_dir / "job.json"
@@ -270,7 +271,8 @@ def _run_embed(cfg: EmbedConfig) -> dict:
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=devices,
-        strategy="ddp" if devices > 1 else "auto",
+        num_nodes=num_nodes,
+        strategy="ddp" if devices * num_nodes > 1 else "auto",
         logger=False,
         enable_progress_bar=True,
         enable_model_summary=False,

@@ -1,0 +1,238 @@
+"""Merging the partitions of a build: the statistics every shards task needs (vocabularies, tabular
+mean/std, the topic pool) and, at the finish, the data set itself (shards, benchmarks, tokenizer,
+manifest)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from data_modules.etl.build_plan import BuildPlan, WorkFolder, publish_dir
+from data_modules.etl.manifest import Manifest, file_entry
+from data_modules.etl.partition import PartitionSpec, mean_std, merge_moments
+from data_modules.etl.raw import count_skip
+from data_modules.etl.scenarios import save_scenarios
+from data_modules.etl.schemas import SCHEMA_VERSION, VOCAB_SCHEMA
+from data_modules.etl.supervision import QAReport, topic_map, topic_pool, topic_report
+from data_modules.etl.topics import save_topics
+from data_modules.loading.tokenizer import train_tokenizer
+from data_modules.util.atomic import read_json, write_json, write_parquet
+from data_modules.util.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MergedStats:
+    """What the partitions' stats passes add up to."""
+
+    vocab: dict[str, pl.DataFrame]  # modality -> (id, text, count), most frequent first
+    seen: pl.DataFrame  # seen history events per (modality, text, category)
+    tab_stats: tuple[np.ndarray, np.ndarray]
+    users: int
+    shards: int
+    windows: dict[str, int]
+    skipped: dict[str, int]
+    topics: tuple
+    topic_source: str
+    tmap: pl.DataFrame
+    topic_means: np.ndarray
+
+    @property
+    def vocab_ids(self) -> pl.DataFrame:
+        return pl.concat(
+            [
+                v.select(pl.lit(m).alias("modality"), pl.col("text"), pl.col("id").alias("vid"))
+                for m, v in self.vocab.items()
+            ]
+        )
+
+
+def merged_stats(plan: BuildPlan, work: WorkFolder) -> MergedStats:
+    """Merge every partition's stats (cached in ``work/merged`` by the first task that needs it)."""
+    work.require(plan, "stats")
+    folder = work.merged_dir
+
+    def current(path: Path) -> bool:
+        marker = path / "merged.json"
+        return marker.exists() and read_json(marker).get("fingerprint") == plan.fingerprint
+
+    if not current(folder):
+        publish_dir(lambda tmp: _merge_into(plan, work, tmp), folder, current)
+    info = read_json(folder / "merged.json")
+    vocab = {m: pl.read_parquet(folder / f"vocab-{i}.parquet") for i, m in enumerate(plan.event_mods)}
+    seen = pl.read_parquet(folder / "seen.parquet")
+    moments = info["moments"]
+    mean, std = mean_std(moments, len(plan.features))
+    topics, source = topic_pool(
+        Path(plan.topics) if plan.topics else None, plan.event_mods, seen, plan.modality_meta,
+        plan.config["topic_categories"],
+    )  # fmt: skip
+    tmap, means = topic_map(seen, topics, info["users"])
+    return MergedStats(
+        vocab=vocab, seen=seen, tab_stats=(mean, std), users=info["users"], shards=info["shards"],
+        windows=info["windows"], skipped=info["skipped"], topics=topics, topic_source=source, tmap=tmap,
+        topic_means=means,
+    )  # fmt: skip
+
+
+def _merge_into(plan: BuildPlan, work: WorkFolder, out: Path) -> None:
+    specs = [PartitionSpec(i, plan.partitions) for i in range(plan.partitions)]
+    stats = [read_json(work.stats_dir(s) / "stats.json") for s in specs]
+    combos = pl.concat([pl.read_parquet(work.stats_dir(s) / "combos.parquet") for s in specs])
+    combos = combos.group_by("modality", "text", "category").agg(pl.col("count").sum())
+    for i, m in enumerate(plan.event_mods):
+        v = (
+            combos.filter(pl.col("modality") == m)
+            .group_by("text")
+            .agg(pl.col("count").sum())
+            .sort(["count", "text"], descending=[True, False])
+            .with_row_index("id")
+            .select(pl.col("id").cast(pl.Int32), "text", pl.col("count").cast(pl.Int64))
+        )
+        v.write_parquet(out / f"vocab-{i}.parquet")
+    seen = (
+        pl.concat(
+            [pl.read_parquet(work.stats_dir(s) / "seen.parquet") for s in specs], how="vertical_relaxed"
+        )
+        .group_by("modality", "text", "category")
+        .agg(pl.col("count").sum().cast(pl.Int64))
+        .sort("modality", "text", "category", nulls_last=True)
+    )
+    seen.write_parquet(out / "seen.parquet")
+    users = sum(s["users"] for s in stats)
+    if users == 0:
+        raise DataError(
+            "events", "no user has any history event before the cutoff", expected="--cutoff inside the data"
+        )
+    write_json(
+        out / "merged.json",
+        {"fingerprint": plan.fingerprint, "users": users, "shards": sum(s["shards"] for s in stats),
+         "windows": _add([s["windows"] for s in stats]), "skipped": _add([s["skipped"] for s in stats]),
+         "moments": merge_moments([s["moments"] for s in stats])},
+    )  # fmt: skip
+
+
+def _add(dicts: list[dict[str, int]]) -> dict[str, int]:
+    total: Counter = Counter()
+    for d in dicts:
+        total.update(d)
+    return dict(sorted(total.items()))
+
+
+def finish_into(plan: BuildPlan, work: WorkFolder, merged: MergedStats, out: Path) -> Manifest:
+    """The finish: every partition's shards moved into ``out``, the vocabularies, the benchmarks (all
+    partitions' rows, sorted by user), scenarios, topics, the tokenizer, and the manifest last."""
+    work.require(plan, "shards")
+    specs = [PartitionSpec(i, plan.partitions) for i in range(plan.partitions)]
+    skipped = _add([plan.skipped, merged.skipped])
+    files: dict[str, dict] = {}
+    for m in plan.event_mods:
+        name = f"vocab/{m}.parquet"
+        write_parquet(out / name, merged.vocab[m].to_arrow().cast(VOCAB_SCHEMA))
+        files[name] = file_entry(out, name, merged.vocab[m].height)
+    report = QAReport()
+    for s in specs:
+        part = read_json(work.shards_dir(s) / "part.json")
+        for name, entry in part["files"].items():
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(work.shards_dir(s) / name, out / name)  # same file system: a rename
+            files[name] = entry
+        skipped = _add([skipped, part["skipped"]])
+        report.answers.update(part["qa"]["answers"])
+        report.dropped.update(part["qa"]["dropped"])
+        report.emptied += part["qa"]["emptied"]
+    report.topics = topic_report(
+        merged.topics, merged.topic_source, merged.tmap, merged.topic_means, merged.seen
+    )
+    count_skip(
+        skipped,
+        "qa_sentences_dropped_by_reflection",
+        sum(report.dropped.values()),
+        "unsupported QA sentences",
+    )
+    skipped = dict(sorted(skipped.items()))
+    report.log()
+    bench_counts = _write_benchmarks(plan, work, specs, out, files)
+    scenarios = plan.scenarios
+    save_scenarios(out / "scenarios.json", scenarios)
+    files["scenarios.json"] = file_entry(out, "scenarios.json", len(scenarios))
+    save_topics(out / "topics.json", merged.topics)
+    files["topics.json"] = file_entry(out, "topics.json", len(merged.topics))
+    tok_dir = train_tokenizer(
+        out, sorted(files), plan.config["tokenizer_vocab"], extra_texts=[s.query for s in scenarios],
+        max_users=plan.config.get("tokenizer_users") or None,
+    )  # fmt: skip
+    for p in sorted(tok_dir.iterdir()):
+        rel = str(p.relative_to(out))
+        files[rel] = file_entry(out, rel, None)
+    manifest = Manifest(
+        schema_version=SCHEMA_VERSION, modalities=plan.modalities, event_modalities=plan.event_mods,
+        max_events=plan.caps, tabular_features=plan.features, tabular_mean=merged.tab_stats[0].tolist(),
+        tabular_std=merged.tab_stats[1].tolist(), cutoff=plan.cutoff, history_days=plan.config["history_days"],
+        future_days=plan.config["future_days"],
+        counts={
+            "users": merged.users, "shards": sum(1 for f in files if f.startswith("shards/")),
+            "history_events": int(merged.windows.get("history", 0)),
+            "future_events": int(merged.windows.get("future", 0)),
+            "vocab": {m: v.height for m, v in merged.vocab.items()}, "benchmarks": bench_counts,
+        },
+        skipped=skipped, files=files, config=plan.config, encoders={}, timezone=plan.config["timezone"],
+        modality_meta=plan.meta, qa=report.to_json(),
+    )  # fmt: skip
+    manifest.save(out)
+    return manifest
+
+
+def _write_benchmarks(plan: BuildPlan, work: WorkFolder, specs, out: Path, files: dict) -> dict[str, dict]:
+    """One labelled, user-disjoint train/test benchmark per scenario: all partitions' rows by user."""
+    counts = {}
+    min_class = plan.config["min_class_users"]
+    for s in plan.scenarios:
+        parts = [pq.read_table(work.shards_dir(p) / "bench" / f"{s.name}.parquet") for p in specs]
+        table = pa.concat_tables(parts)
+        order = np.argsort(np.array(table.column("user_id").to_pylist(), dtype=str), kind="stable")
+        table = table.take(pa.array(order, pa.int64()))
+        name = f"benchmarks/{s.name}.parquet"
+        write_parquet(out / name, table)
+        files[name] = file_entry(out, name, table.num_rows)
+        classes = _class_counts(table)
+        _check_classes(s.name, classes, min_class)
+        labels = table.column("label").to_numpy()
+        counts[s.name] = {
+            "users": table.num_rows,
+            "classes": classes,
+            "positive_rate": round(float(np.mean(labels)) if table.num_rows else 0.0, 4),
+            "source": "labels" if s.name in plan.labelled_scenarios else "rule",
+        }
+    return counts
+
+
+def _class_counts(table: pa.Table) -> dict[str, dict[str, int]]:
+    """Users per label in each split: {"train": {"0": n, "1": n}, "test": {...}}."""
+    df = pl.from_arrow(table.select(["split", "label"]))
+    out: dict[str, dict[str, int]] = {"train": {"0": 0, "1": 0}, "test": {"0": 0, "1": 0}}
+    for split, label, n in df.group_by("split", "label").len().iter_rows():
+        out[split][str(label)] = int(n)
+    return out
+
+
+def _check_classes(name: str, classes: dict[str, dict[str, int]], minimum: int) -> None:
+    """A scenario whose train or test split lacks a label cannot be probed or tuned: stop the build
+    naming it (a stray cutoff, a rule that matches nobody), rather than write a useless benchmark."""
+    for split, counts in classes.items():
+        for label, n in counts.items():
+            if n < minimum:
+                raise DataError(
+                    f"scenario '{name}'", f"{n} users with label {label} in {split} ({classes})",
+                    expected=f"at least --min-class-users {minimum} of each label in train and test: check the "
+                    "cutoff and the scenario's rule, or pass --min-class-users 0",
+                )  # fmt: skip
