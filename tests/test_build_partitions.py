@@ -196,3 +196,22 @@ def test_partition_spec_parses_and_names():
     assert PartitionSpec.parse("3/8").name == "00003-of-00008"
     with pytest.raises(DataError, match="out of range"):
         PartitionSpec.parse("8/8")
+
+
+def test_bench_build_reports_users_per_task_and_memory_for_each_task_count(tmp_path):
+    import json as _json
+
+    proc = run_qanchor(
+        "bench", "build", "--users", "300", "--tasks", "1,2", "--work", str(tmp_path), "--json"
+    )
+    result = _json.loads(proc.stdout.strip().splitlines()[-1])
+    runs = {r["tasks"]: r for r in result["runs"]}
+    assert set(runs) == {1, 2} and runs[1]["users"] == runs[2]["users"] > 250
+    for tasks, run in runs.items():
+        assert len(run["per_task"]) == tasks and sum(t["users"] for t in run["per_task"]) == run["users"]
+        assert all(t["users_per_s"] > 0 and t["peak_rss_mb"] > 50 for t in run["per_task"])
+        assert run["array_wall_s"] >= run["plan_s"] + run["finish_s"]
+    assert runs[1]["speedup_vs_1_task"] == 1.0
+    assert not list(tmp_path.glob("data-*"))  # the builds are removed, the raw set is kept for reuse
+    proc = run_qanchor("bench", "build", "--tasks", "0", "--work", str(tmp_path), check=False)
+    one_line_error(proc, "--tasks")

@@ -3,7 +3,7 @@
 For each user count a synthetic raw set is written once (kept under ``--work`` for reuse), then built
 with 1, 2, 4 ... partitions through the real CLI, one stage after another as the SLURM chain runs
 them (plan, every stats task, every shards task, finish), each stage a fresh process whose wall
-time and peak RSS (``wait4``'s ``ru_maxrss``, worker processes included) are recorded.
+time and peak RSS (sampled every 20 ms, worker processes included) are recorded.
 
 Per task: users/s = the partition's users / (its scatter + stats + shards seconds). The tasks run
 one after another here (2 cores), so each has the machine to itself, as on its own node; the wall
@@ -19,6 +19,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,20 +54,38 @@ def _ints(text: str, what: str) -> list[int]:
 
 
 def _run(args: list[str]) -> tuple[float, int]:
-    """Run ``qanchor ARGS`` in a fresh process: (seconds, its peak RSS in bytes, read by reaping it
-    with wait4: the child's own high-water mark, its worker processes included)."""
+    """Run ``qanchor ARGS`` in a fresh process: (seconds, peak RSS in bytes of it and its worker
+    processes, sampled every 20 ms). Not ``ru_maxrss``: a forked child inherits its parent's
+    high-water mark, so every stage would report at least this (large) benchmark process."""
+    import psutil
+
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "qanchor_pl.cli", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)  # fmt: skip
+    peak, stop = [0], threading.Event()
+
+    def sample() -> None:
+        me = psutil.Process(proc.pid)
+        while not stop.is_set():
+            try:
+                rss = me.memory_info().rss + sum(c.memory_info().rss for c in me.children(recursive=True))
+                peak[0] = max(peak[0], rss)
+            except psutil.Error:
+                pass
+            stop.wait(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     err = proc.stderr.read()
-    _pid, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc.wait()
+    stop.set()
+    sampler.join()
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(
             f"qanchor {' '.join(args)} failed (exit {proc.returncode}):\n{err.decode()[-2000:]}"
         )
-    return seconds, int(usage.ru_maxrss) * 1024
+    return seconds, peak[0]
 
 
 def _one_build(raw: Path, out: Path, tasks: int, workers: int) -> dict:
