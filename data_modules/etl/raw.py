@@ -69,7 +69,12 @@ class RawInputs:
                 raw or "<no --raw>", "no events found", expected="events/*.parquet or events.parquet"
             )
         if events_path.is_dir():
-            files = sorted(events_path.glob("*.parquet"))
+            # flat or partitioned folders (events/day=2026-03-01/*.parquet); hidden files are not data
+            files = sorted(
+                f
+                for f in events_path.rglob("*.parquet")
+                if not any(part.startswith(".") for part in f.relative_to(events_path).parts)
+            )
             if not files:
                 raise DataError(events_path, "directory holds no *.parquet files")
         elif events_path.exists():
