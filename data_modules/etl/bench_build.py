@@ -19,12 +19,12 @@ import platform
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from data_modules.util.errors import DataError
+from data_modules.util.memory import PeakRSS
 
 
 @dataclass
@@ -55,37 +55,19 @@ def _ints(text: str, what: str) -> list[int]:
 
 def _run(args: list[str]) -> tuple[float, int]:
     """Run ``qanchor ARGS`` in a fresh process: (seconds, peak RSS in bytes of it and its worker
-    processes, sampled every 20 ms). Not ``ru_maxrss``: a forked child inherits its parent's
-    high-water mark, so every stage would report at least this (large) benchmark process."""
-    import psutil
-
+    processes, sampled every 20 ms)."""
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "qanchor_pl.cli", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)  # fmt: skip
-    peak, stop = [0], threading.Event()
-
-    def sample() -> None:
-        me = psutil.Process(proc.pid)
-        while not stop.is_set():
-            try:
-                rss = me.memory_info().rss + sum(c.memory_info().rss for c in me.children(recursive=True))
-                peak[0] = max(peak[0], rss)
-            except psutil.Error:
-                pass
-            stop.wait(0.02)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    err = proc.stderr.read()
-    proc.wait()
-    stop.set()
-    sampler.join()
+    with PeakRSS(proc.pid, every=0.02) as mem:
+        err = proc.stderr.read()
+        proc.wait()
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(
             f"qanchor {' '.join(args)} failed (exit {proc.returncode}):\n{err.decode()[-2000:]}"
         )
-    return seconds, peak[0]
+    return seconds, mem.peak
 
 
 def _one_build(raw: Path, out: Path, tasks: int, workers: int) -> dict:

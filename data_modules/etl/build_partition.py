@@ -397,18 +397,13 @@ def _benchmark_rows(
     """The partition's rows of scenario ``s``'s benchmark: given labels where the labels file has
     this scenario, else the rule's; a stable user-disjoint split."""
     ids = kept["user_id"].to_list()
-    if labelled:
-        given = labels.filter(pl.col("scenario") == s.name) if labels is not None else pl.DataFrame()
-        known = (
-            given["user_id"].is_in(kept["user_id"].implode())
-            if given.height
-            else pl.Series([], dtype=pl.Boolean)
-        )
-        count_skip(skipped, f"labels_of_unknown_users:{s.name}", int((~known).sum()) if given.height else 0,
+    if labelled:  # the plan found this scenario in the labels file, so the partition read its rows
+        given = labels.filter(pl.col("scenario") == s.name)
+        known = given["user_id"].is_in(kept["user_id"].implode())
+        count_skip(skipped, f"labels_of_unknown_users:{s.name}", int((~known).sum()),
                    f"labels of users not in the data set ({s.name})")  # fmt: skip
-        given = given.filter(known) if given.height else given
-        users = given["user_id"].to_list() if given.height else []
-        y = given["label"].to_numpy().astype(np.int8) if given.height else np.zeros(0, np.int8)
+        given = given.filter(known)
+        users, y = given["user_id"].to_list(), given["label"].to_numpy().astype(np.int8)
     else:
         users, y = ids, np.array([u in positives for u in ids], dtype=np.int8)
     split = [

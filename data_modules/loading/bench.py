@@ -3,40 +3,11 @@
 from __future__ import annotations
 
 import platform
-import threading
 import time
 from dataclasses import dataclass
 
-import psutil
-
 from data_modules.util.errors import DataError
-
-
-class _PeakRSS:
-    """Samples the resident memory of this process and its loader workers every 50 ms."""
-
-    def __init__(self) -> None:
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            try:
-                rss = me.memory_info().rss + sum(c.memory_info().rss for c in me.children(recursive=True))
-            except psutil.Error:
-                rss = 0
-            self.peak = max(self.peak, rss)
-            self._stop.wait(0.05)
-
-    def __enter__(self) -> _PeakRSS:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+from data_modules.util.memory import PeakRSS
 
 
 @dataclass
@@ -68,7 +39,7 @@ def bench_data(cfg: BenchDataConfig) -> dict:
     )
     dataset = dm.make_dataset()
     loader = UserStreamLoader(dataset, num_workers=workers)
-    with _PeakRSS() as mem:
+    with PeakRSS() as mem:
         it = iter(loader)
         first = next(it, None)
         if first is None:
