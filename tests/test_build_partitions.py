@@ -204,10 +204,16 @@ def test_bench_build_reports_users_per_task_and_memory_for_each_task_count(tmp_p
     import json as _json
 
     proc = run_qanchor(
-        "bench", "build", "--users", "300", "--tasks", "1,2", "--work", str(tmp_path), "--json"
-    )
+        "bench", "build", "--users", "300", "--tasks", "1,2", "--refresh_days", "10", "--work", str(tmp_path),
+        "--json",
+    )  # fmt: skip
     result = _json.loads(proc.stdout.strip().splitlines()[-1])
-    runs = {r["tasks"]: r for r in result["runs"]}
+    runs = {r["tasks"]: r for r in result["runs"] if r["mode"] == "full"}
+    refreshes = {r["tasks"]: r for r in result["runs"] if r["mode"] == "refresh"}
+    assert set(refreshes) == {1, 2}
+    for tasks, run in refreshes.items():  # the same users from a tenth of the raw events
+        assert run["users"] == runs[tasks]["users"]
+        assert run["raw_events_read_mb"] < runs[tasks]["raw_events_read_mb"] / 5
     assert set(runs) == {1, 2} and runs[1]["users"] == runs[2]["users"] > 250
     for tasks, run in runs.items():
         assert len(run["per_task"]) == tasks and sum(t["users"] for t in run["per_task"]) == run["users"]

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from data_modules.etl.build import BuildConfig, build
 from tests.conftest import ROOT
 from tests.helpers.cli_args import SMALL
 from tests.helpers.tb import scalars
@@ -126,13 +127,16 @@ def preempt_after(env, job: str, run: Path, logged_steps: int) -> None:
         time.sleep(0.2)
 
 
-def build_chain(env, raw: Path, out: Path, folder: Path, *sbatch_options: str) -> dict[str, str]:
-    """`bash slurm/build.sbatch` with 2 partitions, as a user submits it from ``folder``; waits for the
-    finish job and returns the job ids by stage."""
+def build_chain(
+    env, raw: Path, out: Path, folder: Path, *sbatch_options: str, previous: Path | None = None
+) -> dict[str, str]:
+    """`bash slurm/build.sbatch` with 2 partitions, as a user submits it from ``folder`` (a refresh of
+    ``previous`` if given); waits for the finish job and returns the job ids by stage."""
     from tests.test_build_partitions import FLAGS
 
+    extra = [*FLAGS, "--refreshable", "true"] if previous else FLAGS
     env = dict(env, RAW=str(raw), OUT=str(out), PARTITIONS="2", QANCHOR=str(Path(sys.executable).parent / "qanchor"),
-               EXTRA_ARGS=" ".join(FLAGS))  # fmt: skip
+               EXTRA_ARGS=" ".join(extra), PREVIOUS=str(previous or ""))  # fmt: skip
     proc = subprocess.run(["bash", str(ROOT / "slurm" / "build.sbatch"), "--cpus-per-task=1", *sbatch_options],
                           cwd=folder, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -262,3 +266,17 @@ def test_a_two_partition_array_build_with_the_real_script_equals_the_one_process
     logs_written = list((tmp_path / "slurm-logs").glob("qanchor-build-*.out"))
     assert len(logs_written) == 8  # plan, 2 + 2 + 2 array tasks, finish
     assert_same_data_set(built, out)
+
+
+def test_a_daily_refresh_with_the_real_script_equals_the_full_build(cluster, tmp_path):
+    """PREVIOUS=yesterday's data set: the chain reads only today's files and the kept events."""
+    from tests.test_build_partitions import assert_same_data_set
+    from tests.test_refresh import KEEP, split_world
+
+    raw = split_world(tmp_path / "raw")
+    previous, full = tmp_path / "previous", tmp_path / "full"
+    build(BuildConfig(raw=str(raw["old"]), out=str(previous), **KEEP))
+    build(BuildConfig(raw=str(raw["union"]), out=str(full), **KEEP))
+    out = tmp_path / "data"
+    build_chain(cluster, raw["new"], out, tmp_path, previous=previous)
+    assert_same_data_set(full, out)

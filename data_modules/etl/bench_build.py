@@ -41,6 +41,10 @@ class BenchBuildConfig:
     """shard-writing processes per task (build --workers)"""
     seed: int = 0
     """synthetic world seed"""
+    refresh_days: int = 0
+    """also time a daily refresh (`build --previous`): the world's last DAYS days arrive as the new
+    raw files over the data set built without them; rows mode=refresh beside mode=full on all days
+    (0: no refresh)"""
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -70,8 +74,8 @@ def _run(args: list[str]) -> tuple[float, int]:
     return seconds, mem.peak
 
 
-def _one_build(raw: Path, out: Path, tasks: int, workers: int) -> dict:
-    base = ["build", "--raw", str(raw), "--out", str(out), "--workers", str(workers)]
+def _one_build(raw: Path, out: Path, tasks: int, workers: int, *extra: str) -> dict:
+    base = ["build", "--raw", str(raw), "--out", str(out), "--workers", str(workers), *extra]
     plan_s, plan_rss = _run([*base, "--stage", "plan", "--partitions", str(tasks)])
     per_task = [{"partition": i} for i in range(tasks)]
     for stage in ("scatter", "stats", "shards"):
@@ -93,6 +97,10 @@ def _one_build(raw: Path, out: Path, tasks: int, workers: int) -> dict:
         + sum(max(t[f"{stage}_s"] for t in per_task) for stage in ("scatter", "stats", "shards"))
     )
     return {
+        "mode": "refresh" if "--previous" in extra else "full",
+        "raw_events_read_mb": round(
+            sum(p.stat().st_size for p in (raw / "events").rglob("*.parquet")) / 2**20, 1
+        ),
         "users": users,
         "tasks": tasks,
         "users_per_s_per_task": {"min": rates[0], "median": rates[len(rates) // 2], "max": rates[-1]},
@@ -105,6 +113,33 @@ def _one_build(raw: Path, out: Path, tasks: int, workers: int) -> dict:
         "array_users_per_s": round(users / array_wall),
         "per_task": per_task,
     }
+
+
+def _split_last_days(raw: Path, days: int) -> dict[str, Path]:
+    """``raw`` as yesterday's raw folder (all but the last ``days`` days of events) and today's (the
+    last ``days`` days), each with the same users, scenarios and other tables (kept for reuse)."""
+    import datetime as dt
+
+    import polars as pl
+
+    folders = {
+        "old": raw.with_name(raw.name + f"-before-last-{days}d"),
+        "new": raw.with_name(raw.name + f"-last-{days}d"),
+    }
+    if all((f / "scenarios.json").exists() for f in folders.values()):
+        return folders
+    events = pl.scan_parquet(sorted((raw / "events").glob("*.parquet")))
+    last = events.select(pl.col("ts").max()).collect().item()
+    since = dt.datetime.combine(last.date(), dt.time()) - dt.timedelta(days=days - 1)
+    for name, keep in (("old", pl.col("ts") < since), ("new", pl.col("ts") >= since)):
+        folder = folders[name]
+        shutil.rmtree(folder, ignore_errors=True)
+        (folder / "events").mkdir(parents=True)
+        events.filter(keep).sink_parquet(folder / "events" / "part-00000.parquet")
+        for small in raw.iterdir():
+            if small.is_file():
+                shutil.copy(small, folder / small.name)
+    return folders
 
 
 def bench_build(cfg: BenchBuildConfig) -> dict:
@@ -120,14 +155,27 @@ def bench_build(cfg: BenchBuildConfig) -> dict:
         if not (raw / "scenarios.json").exists():
             shutil.rmtree(raw, ignore_errors=True)
             write_world(raw, n_users=n, seed=cfg.seed)
+        yesterday = _split_last_days(raw, cfg.refresh_days) if cfg.refresh_days else None
         for tasks in task_counts:
             out = work / f"data-{n}-{tasks}"
             shutil.rmtree(out, ignore_errors=True)
             row = _one_build(raw, out, tasks, cfg.workers)
             shutil.rmtree(out, ignore_errors=True)
             results.append(row)
+            if yesterday is not None:
+                previous = work / f"data-{n}-{tasks}-yesterday"
+                shutil.rmtree(previous, ignore_errors=True)
+                keep = ("--refreshable", "true")
+                _one_build(yesterday["old"], previous, tasks, cfg.workers, *keep)  # partitioned as every day
+                row = _one_build(
+                    yesterday["new"], out, tasks, cfg.workers, "--previous", str(previous), *keep
+                )
+                shutil.rmtree(out, ignore_errors=True)
+                shutil.rmtree(previous, ignore_errors=True)
+                results.append(row)
     for row in results:  # speed-up of the array against one task on the same data
-        one = next((r for r in results if r["users"] == row["users"] and r["tasks"] == 1), None)
+        one = next((r for r in results if r["users"] == row["users"] and r["tasks"] == 1
+                    and r["mode"] == row["mode"]), None)  # fmt: skip
         if one is not None:
             row["speedup_vs_1_task"] = round(one["array_wall_s"] / row["array_wall_s"], 2)
     return {
@@ -137,5 +185,6 @@ def bench_build(cfg: BenchBuildConfig) -> dict:
             "platform": platform.platform(),
         },
         "workers_per_task": cfg.workers,
+        "refresh_days": cfg.refresh_days,
         "runs": results,
     }

@@ -104,6 +104,14 @@ class BuildConfig:
     min_class_users: int = 1
     """each scenario needs this many users of each label in train and in test, else the build
     stops (a cutoff past the data leaves every label 0); 0 turns the check off"""
+    previous: str | None = None
+    """a refresh: the data set built yesterday; --raw then holds only the new event files (and the
+    current users, labels, scenarios...), the windows roll forward, and the result equals a full
+    build on the old and new raw files together (same options as the previous build)"""
+    refreshable: bool = False
+    """keep the windows' cleaned events in refresh/ (about the size of the windows' raw events, twice
+    the shards) so that the next build can refresh this one with --previous; a daily pipeline passes
+    it every day"""
 
     stage: Literal["all", "plan", "scatter", "stats", "shards", "finish"] = "all"
     """all: the whole build in this process; else one stage of a partitioned build (slurm/build.sbatch):

@@ -19,6 +19,7 @@ from data_modules.etl.build_plan import BuildPlan, WorkFolder, publish_dir
 from data_modules.etl.manifest import Manifest, file_entry
 from data_modules.etl.partition import PartitionSpec, mean_std, merge_moments
 from data_modules.etl.raw import count_skip
+from data_modules.etl.refresh import CARRIED_SKIPS, MOVABLE_OPTIONS, REFRESH_DIR, RefreshState, kept_name
 from data_modules.etl.scenarios import save_scenarios
 from data_modules.etl.schemas import SCHEMA_VERSION, VOCAB_SCHEMA
 from data_modules.etl.supervision import QAReport, topic_map, topic_pool, topic_report
@@ -161,6 +162,8 @@ def finish_into(plan: BuildPlan, work: WorkFolder, merged: MergedStats, out: Pat
     )
     skipped = dict(sorted(skipped.items()))
     report.log()
+    if plan.config.get("refreshable", False):
+        _keep_for_refresh(plan, work, specs, merged, skipped, out, files)
     bench_counts = _write_benchmarks(plan, work, specs, out, files)
     scenarios = plan.scenarios
     save_scenarios(out / "scenarios.json", scenarios)
@@ -190,6 +193,26 @@ def finish_into(plan: BuildPlan, work: WorkFolder, merged: MergedStats, out: Pat
     )  # fmt: skip
     manifest.save(out)
     return manifest
+
+
+def _keep_for_refresh(
+    plan: BuildPlan, work: WorkFolder, specs, merged: MergedStats, skipped: dict, out: Path, files: dict
+) -> None:
+    """``refresh/``: each partition's kept events and the counts a refresh carries forward."""
+    names = []
+    for s in specs:
+        entry = read_json(work.stats_dir(s) / "stats.json")["kept"]
+        name = kept_name(s)
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(work.stats_dir(s) / "kept.parquet", out / name)
+        files[name] = entry
+        names.append(name)
+    RefreshState(
+        options={k: v for k, v in plan.config.items() if k not in MOVABLE_OPTIONS}, cutoff=plan.cutoff, partitions=plan.partitions, day_counts=plan.day_counts,
+        valued=plan.valued, skipped={k: skipped[k] for k in CARRIED_SKIPS if k in skipped},
+        events_before_window=plan.events_before_window + int(merged.windows.get("before", 0)), files=names,
+    ).save(out)  # fmt: skip
+    files[f"{REFRESH_DIR}/state.json"] = file_entry(out, f"{REFRESH_DIR}/state.json", None)
 
 
 def _write_benchmarks(plan: BuildPlan, work: WorkFolder, specs, out: Path, files: dict) -> dict[str, dict]:

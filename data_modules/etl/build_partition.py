@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from data_modules.etl.build_plan import BuildPlan, WorkFolder, publish_dir
 from data_modules.etl.manifest import file_entry
@@ -27,6 +28,7 @@ from data_modules.etl.partition import PartitionSpec, exact_moments, in_partitio
 from data_modules.etl.raw import (
     clean_events,
     count_skip,
+    empty_events,
     read_external_qa,
     read_labels,
     read_users,
@@ -61,11 +63,7 @@ def run_scatter(plan: BuildPlan, work: WorkFolder, spec: PartitionSpec) -> None:
 def _partition_rows(work: WorkFolder, spec: PartitionSpec) -> pl.LazyFrame:
     """The rows every scatter task filed for partition ``spec`` (none: an empty frame)."""
     files = sorted(work.root.glob(f"scatter-*/file-*/part={spec.index}/*.parquet"))
-    if files:
-        return pl.scan_parquet(files)
-    schema = {"user_id": pl.String, "modality": pl.String, "ts": pl.Datetime("us"), "text": pl.String,
-              "category": pl.String, "value": pl.Float64}  # fmt: skip
-    return pl.LazyFrame(schema=schema)
+    return pl.scan_parquet(files) if files else empty_events()
 
 
 def run_stats(plan: BuildPlan, work: WorkFolder, spec: PartitionSpec) -> None:
@@ -83,12 +81,18 @@ def _stats_into(plan: BuildPlan, spec: PartitionSpec, out: Path, work: WorkFolde
     cfg = plan.config
     owned = in_partition(spec)
     skipped: dict[str, int] = {}
+    previous = plan.previous_state()
+    previous_rows = previous.kept_events(Path(plan.previous), spec) if previous else None
+    keep_to = out / "kept.parquet" if cfg.get("refreshable", False) else None
+    clean_options = dict(window_start=plan.cutoff_time - dt.timedelta(days=cfg["history_days"]),
+                         kept=previous_rows, keep_to=keep_to)  # fmt: skip
     with tempfile.TemporaryDirectory(dir=work.root, prefix=".spool-") as spool:
         if plan.partitions == 1:  # one process: read the raw files directly
             events = spool_events([Path(p) for p in plan.events], plan.event_mods, owned, Path(spool), skipped,
-                                  cfg["max_text_chars"])  # fmt: skip
+                                  cfg["max_text_chars"], **clean_options)  # fmt: skip
         else:
-            events = clean_events(_partition_rows(work, spec), Path(spool), skipped, cfg["max_text_chars"])
+            events = clean_events(_partition_rows(work, spec), Path(spool), skipped, cfg["max_text_chars"],
+                                  **clean_options)  # fmt: skip
         events, windows = _cut_windows(events, plan.cutoff_time, cfg, skipped)
         users, _ = read_users(Path(plan.users) if plan.users else None, bool(plan.features), owned)
         kept = _select_users(events, users, skipped)
@@ -125,7 +129,8 @@ def _stats_into(plan: BuildPlan, spec: PartitionSpec, out: Path, work: WorkFolde
     write_json(
         out / "stats.json",
         {"fingerprint": plan.fingerprint, "users": kept.height, "shards": int(kept["shard"].max() + 1) if kept.height else 0,
-         "windows": windows, "skipped": skipped, "moments": moments},
+         "windows": windows, "skipped": skipped, "moments": moments,
+         "kept": file_entry(out, "kept.parquet", pq.ParquetFile(keep_to).metadata.num_rows) if keep_to else None},
     )  # fmt: skip
 
 

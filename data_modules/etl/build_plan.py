@@ -28,6 +28,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -38,8 +39,10 @@ from data_modules.etl.names import check_name
 from data_modules.etl.partition import PartitionSpec, balance
 from data_modules.etl.raw import (
     RawInputs,
+    add_day_counts,
     check_timezone,
     count_skip,
+    day_counts,
     default_cutoff,
     infer_modalities,
     read_external_qa,
@@ -47,6 +50,7 @@ from data_modules.etl.raw import (
     resolve_cutoff,
     scan_event_columns,
 )
+from data_modules.etl.refresh import REFRESH_DIR, RefreshState, day_counts_json
 from data_modules.etl.scenarios import Scenario, load_scenarios
 from data_modules.etl.schemas import (
     EVENTS_COLUMNS,
@@ -92,6 +96,10 @@ class BuildPlan:
     labelled_scenarios: list[str]
     skipped: dict[str, int] = field(default_factory=dict)
     scatter_files: list[list[int]] = field(default_factory=list)  # events files each scatter task reads
+    day_counts: list[list] = field(default_factory=list)  # raw events per day (a refresh's default cutoff)
+    valued: dict[str, int] = field(default_factory=dict)  # raw events with a value per modality
+    previous: str | None = None  # a refresh: the previous data set
+    events_before_window: int = 0  # a refresh: the previous data set's events before its window
     version: int = PLAN_VERSION
     schema_version: int = SCHEMA_VERSION
 
@@ -106,6 +114,9 @@ class BuildPlan:
     @property
     def modality_meta(self):
         return meta_from_json(self.meta)
+
+    def previous_state(self) -> RefreshState | None:
+        return RefreshState.load(self.previous) if self.previous else None
 
     def save(self, path: Path) -> None:
         write_json(path, asdict(self))
@@ -138,6 +149,17 @@ def raw_listing(inputs: RawInputs) -> list[list]:
     return out
 
 
+def input_listing(cfg, inputs: RawInputs) -> list[list]:
+    """The raw listing, plus a refresh's previous state: what a plan is made from."""
+    listing = raw_listing(inputs)
+    if cfg.previous:
+        state = Path(cfg.previous) / REFRESH_DIR / "state.json"
+        if state.exists():
+            st = state.stat()
+            listing.append([str(state.resolve()), st.st_size, st.st_mtime_ns])
+    return listing
+
+
 def locate_inputs(cfg) -> RawInputs:
     return RawInputs.locate(
         cfg.raw, events=cfg.events, users=cfg.users, scenarios=cfg.scenarios, labels=cfg.labels, qa=cfg.qa,
@@ -151,10 +173,32 @@ def fingerprint(options: dict, listing: list[list], partitions: int) -> str:
 
 def make_plan(cfg, partitions: int) -> BuildPlan:
     """The plan stage: check every input's schema, count empty event files, choose modalities, caps,
-    modality metadata and the cutoff (one pass over the events' modality, ts and value columns)."""
+    modality metadata and the cutoff (one pass over the events' modality, ts and value columns). A
+    refresh (``cfg.previous``) adds the previous build's counts of the raw files it does not read."""
     inputs = locate_inputs(cfg)
     tz = check_timezone(cfg.timezone)
-    modalities = cfg.modality_list() or infer_modalities(inputs)
+    previous = _previous_state(cfg)
+    skipped: dict[str, int] = dict(previous.skipped) if previous else {}
+    if previous and previous.events_before_window:  # gone from the kept events, still counted
+        skipped["events_outside_windows"] = previous.events_before_window
+    files = []
+    for path in inputs.events:
+        check_columns(path, read_schema(path), EVENTS_COLUMNS)
+        if _row_count(path) == 0:
+            count_skip(skipped, "empty_event_files", 1, f"empty events file {path}")
+        else:
+            files.append(path)
+    if not files and previous is None:
+        raise DataError(inputs.events[0].parent, "every events file is empty")
+    valued: Counter = Counter(previous.valued if previous else {})
+    days = previous.day_frame() if previous else None
+    if files:
+        scan = scan_event_columns(files)
+        modality_values = scan.group_by("modality").agg(pl.col("value").count()).collect()
+        valued.update({m: int(n) for m, n in modality_values.iter_rows() if m is not None})
+        new_days = day_counts(scan.select("ts"), tz)
+        days = new_days if days is None else add_day_counts(days, new_days)
+    modalities = cfg.modality_list() or infer_modalities(inputs, set(valued))
     for m in modalities:  # each names vocab/<m>.parquet and vectors/<m>.npy
         check_name(m, "--modalities" if cfg.modalities else "modality (from the events or modalities.json)")
     event_mods = event_modalities(modalities)
@@ -175,33 +219,41 @@ def make_plan(cfg, partitions: int) -> BuildPlan:
         labelled = sorted(set(labels["scenario"].to_list()))
     if inputs.qa is not None:
         read_external_qa(inputs.qa)  # checked once here; tasks read their users' rows
-    skipped: dict[str, int] = {}
-    files = []
-    for path in inputs.events:
-        check_columns(path, read_schema(path), EVENTS_COLUMNS)
-        if _row_count(path) == 0:
-            count_skip(skipped, "empty_event_files", 1, f"empty events file {path}")
-        else:
-            files.append(path)
-    if not files:
-        raise DataError(inputs.events[0].parent, "every events file is empty")
-    scan = scan_event_columns(files)
-    valued = dict(scan.group_by("modality").agg(pl.col("value").count()).collect().iter_rows())
-    meta = resolve_modalities_meta(inputs.modalities_meta, event_mods, {m: int(n) for m, n in valued.items()})
+    meta = resolve_modalities_meta(inputs.modalities_meta, event_mods, dict(valued))
     if cfg.cutoff:
         cutoff = resolve_cutoff(cfg.cutoff, tz)
     else:
-        cutoff, why = default_cutoff(scan.select("ts"), cfg.future_days, tz)
+        cutoff, why = default_cutoff(days, cfg.future_days, tz)
         log.warning("default cutoff %s UTC: %s (set --cutoff to choose)", cutoff.isoformat(), why)
-    options, listing = build_options(cfg), raw_listing(inputs)
+    if previous is not None and cutoff < dt.datetime.fromisoformat(previous.cutoff):
+        raise DataError(
+            "--cutoff", f"{cutoff.isoformat()} is before the previous data set's cutoff {previous.cutoff}",
+            expected="a refresh rolls the windows forward (events before the previous window are not kept)",
+        )  # fmt: skip
+    options, listing = build_options(cfg), input_listing(cfg, inputs)
     return BuildPlan(
         fingerprint=fingerprint(options, listing, partitions), partitions=partitions, config=options,
         raw_files=listing, events=[str(p) for p in files], users=_str(inputs.users),
         scenarios_path=str(inputs.scenarios), labels=_str(inputs.labels), qa=_str(inputs.qa),
         topics=_str(inputs.topics), modalities=modalities, event_mods=event_mods, caps=caps, features=features,
         meta=meta_to_json(meta), cutoff=cutoff.isoformat(), labelled_scenarios=labelled, skipped=skipped,
-        scatter_files=balance([p.stat().st_size for p in files], partitions),
+        scatter_files=balance([p.stat().st_size for p in files], partitions), day_counts=day_counts_json(days),
+        valued=dict(sorted(valued.items())), previous=str(Path(cfg.previous)) if previous else None,
+        events_before_window=previous.events_before_window if previous else 0,
     )  # fmt: skip
+
+
+def _previous_state(cfg) -> RefreshState | None:
+    """A refresh's previous data set, checked: a refreshable data set of this version, built with
+    the same options, and not the folder being written."""
+    if not cfg.previous:
+        return None
+    state = RefreshState.load(cfg.previous)
+    if Path(cfg.previous).resolve() == Path(cfg.out).resolve():
+        raise DataError("--out", f"{cfg.out} is the --previous data set",
+                        expected="a new folder: the previous data set is read while the new one is built")  # fmt: skip
+    state.check_options(build_options(cfg), Path(cfg.previous) / REFRESH_DIR / "state.json")
+    return state
 
 
 def _str(p: Path | None) -> str | None:
@@ -282,7 +334,7 @@ def check_task_matches(plan: BuildPlan, cfg, plan_path: Path) -> None:
                 plan_path, f"this task's --{key} is {options.get(key)!r}, the plan's is {plan.config.get(key)!r}",
                 expected="every stage run with the same raw folder and options (or run the plan stage again)",
             )  # fmt: skip
-    listing = raw_listing(locate_inputs(cfg))
+    listing = input_listing(cfg, locate_inputs(cfg))
     if listing != plan.raw_files:
         mine = {p: (s, t) for p, s, t in listing}
         theirs = {p: (s, t) for p, s, t in plan.raw_files}

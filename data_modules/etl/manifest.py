@@ -61,9 +61,12 @@ class Manifest:
         return sorted(k for k in self.files if k.startswith("shards/"))
 
     def verify(self, root: str | Path, names: list[str] | None = None) -> None:
-        """Check that files exist with the recorded size and sha256; raise naming the first mismatch."""
+        """Check that files exist with the recorded size and sha256; raise naming the first mismatch.
+        By default every file the data set is used through (not ``refresh/``, checked by a refresh)."""
         root = Path(root)
-        for name in names if names is not None else sorted(self.files):
+        for name in (
+            names if names is not None else sorted(k for k in self.files if not k.startswith("refresh/"))
+        ):
             verify_file(root / name, self.files[name])
 
 

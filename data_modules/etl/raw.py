@@ -135,24 +135,15 @@ def resolve_cutoff(text: str, tz: str) -> dt.datetime:
     return _utc_naive(moment, tz)
 
 
-def infer_modalities(inputs: RawInputs) -> list[str]:
+def infer_modalities(inputs: RawInputs, found: set[str]) -> list[str]:
     """The modalities a build uses when none are given: ``modalities.json``'s order if present, else
-    every modality in the events (sorted), plus ``tabular`` when the users table has features."""
+    every modality ``found`` in the events (sorted), plus ``tabular`` when the users table has
+    features."""
     from data_modules.etl.modality_meta import read_modalities_meta
 
     if inputs.modalities_meta is not None:
         mods = [m.name for m in read_modalities_meta(inputs.modalities_meta)]
     else:
-        found: set[str] = set()
-        for path in inputs.events:
-            check_columns(path, read_schema(path), EVENTS_COLUMNS[:2])
-            found |= set(
-                pl.scan_parquet(path)
-                .select(pl.col("modality").cast(pl.String))
-                .unique()
-                .collect()["modality"]
-                .drop_nulls()
-            )
         mods = sorted(found)
     if inputs.users is not None and len(read_schema(inputs.users).names) > 1:
         mods.append(TABULAR)
@@ -217,6 +208,13 @@ def _sink(lf: pl.LazyFrame, target, path: Path) -> None:
         raise DataError(path, f"unreadable rows ({first})", expected="parquet with UTF-8 text") from None
 
 
+def empty_events() -> pl.LazyFrame:
+    """No events, in the uniform types, with the check's columns."""
+    schema = {"user_id": pl.String, "modality": pl.String, "ts": pl.Datetime("us"), "text": pl.String,
+              "category": pl.String, "value": pl.Float64, "problem": pl.Boolean}  # fmt: skip
+    return pl.LazyFrame(schema=schema)
+
+
 def _check_rows(rows: pl.LazyFrame, files: dict[int, Path], event_mods: list[str]) -> None:
     bad = rows.filter("problem").head(1).collect()
     if bad.height:
@@ -244,35 +242,59 @@ def spool_events(
     spool: Path,
     skipped: dict[str, int],
     max_text_chars: int = 1000,
+    **clean_options,
 ) -> pl.LazyFrame:
     """One streaming pass over the raw events: the rows ``owned`` keeps, in uniform types, checked
     (errors name file, column and row: unreadable or non-UTF-8 files, nulls in user_id, modality,
     ts or text, an empty user_id, a non-finite value, an unknown modality), then cleaned (see
-    :func:`clean_events`) into ``spool``. Memory is bounded by what ``owned`` keeps."""
+    :func:`clean_events`, which takes ``clean_options``) into ``spool``. Memory is bounded by what
+    ``owned`` keeps."""
     spool.mkdir(parents=True, exist_ok=True)
     for k, path in enumerate(files):
         _sink(_checked_file(path, k, event_mods).filter(owned), spool / f"raw-{k:06d}.parquet", path)
-    raw = pl.scan_parquet(sorted(spool.glob("raw-*.parquet")))
+    parts = sorted(spool.glob("raw-*.parquet"))
+    raw = pl.scan_parquet(parts) if parts else empty_events()  # a refresh may bring no new file
     _check_rows(raw, dict(enumerate(files)), event_mods)
-    return clean_events(raw, spool, skipped, max_text_chars)
+    return clean_events(raw, spool, skipped, max_text_chars, **clean_options)
 
 
 def clean_events(
-    raw: pl.LazyFrame, spool: Path, skipped: dict[str, int], max_text_chars: int = 1000
+    raw: pl.LazyFrame,
+    spool: Path,
+    skipped: dict[str, int],
+    max_text_chars: int = 1000,
+    *,
+    window_start: dt.datetime | None = None,
+    kept: pl.LazyFrame | None = None,
+    keep_to: Path | None = None,
 ) -> pl.LazyFrame:
     """Checked events -> ``spool/events.parquet``, counted: texts longer than ``max_text_chars`` are
-    cut there (a megabyte without a space would stall any tokenizer), exact duplicate events are
-    dropped (a log shipped twice must not count twice)."""
+    cut there (a megabyte without a space would stall any tokenizer), exact duplicate events from
+    ``window_start`` on are dropped (a log shipped twice must not count twice; events before the
+    window are not used and are counted as outside it, duplicates or not).
+
+    A refresh: ``kept``, the previous build's events from its window start on (cut and counted
+    before, duplicates still in), joins the new rows; ``keep_to`` receives this build's events from
+    its window start on, duplicates still in, for the next refresh. So the duplicates of the window a
+    build uses are always counted afresh, the same however the raw files arrived."""
     long_text = pl.col("text").str.len_chars() > max_text_chars
     n_rows, n_long = raw.select(pl.len(), long_text.sum()).collect().row(0)
     count_skip(skipped, "event_texts_truncated", n_long, f"event texts cut to {max_text_chars} characters")
     clean = raw.select(*_EVENT_COLUMNS).with_columns(pl.col("text").str.slice(0, max_text_chars))
-    clean.unique(maintain_order=True).sink_parquet(spool / "events.parquet")
+    if kept is not None:
+        n_rows += kept.select(pl.len()).collect().item()
+        clean = pl.concat([kept.select(*_EVENT_COLUMNS), clean], how="vertical")
+    in_use = pl.lit(True) if window_start is None else pl.col("ts") >= window_start
+    if keep_to is not None:
+        clean.filter(in_use).sink_parquet(keep_to)
+    pl.concat([clean.filter(in_use).unique(maintain_order=True), clean.filter(~in_use)]).sink_parquet(
+        spool / "events.parquet"
+    )
     for part in spool.glob("raw-*.parquet"):
         part.unlink()
     events = pl.scan_parquet(spool / "events.parquet")
-    n_unique = events.select(pl.len()).collect().item()
-    count_skip(skipped, "duplicate_events", n_rows - n_unique, "exact duplicate events")
+    n_written = events.select(pl.len()).collect().item()
+    count_skip(skipped, "duplicate_events", n_rows - n_written, "exact duplicate events")
     return events
 
 
@@ -400,17 +422,10 @@ def read_external_qa(path: Path, owned: pl.Expr | None = None) -> pl.DataFrame:
     return df.drop("row")
 
 
-def default_cutoff(
-    events: pl.LazyFrame, future_days: int, tz: str = "UTC", min_day_share: float = 0.1
-) -> tuple[dt.datetime, str]:
-    """The last *busy* day's local midnight after, minus the future window: the newest data is the
-    future (naive UTC), and why. A day is busy when it has at least ``min_day_share`` of the median
-    events per active day: a few stray late events (a clock gone wrong, one late upload) do not
-    move the cutoff past the data, which would leave every label 0."""
-    import zoneinfo
-
-    zone = zoneinfo.ZoneInfo(tz)
-    days = (
+def day_counts(events: pl.LazyFrame, tz: str = "UTC") -> pl.DataFrame:
+    """Raw events per local day in ``tz`` (day, len), sorted: what the default cutoff is chosen from.
+    A refresh adds the new files' counts to the previous build's (:func:`add_day_counts`)."""
+    return (
         events.select(
             pl.col("ts").dt.replace_time_zone("UTC").dt.convert_time_zone(tz).dt.date().alias("day")
         )
@@ -419,6 +434,23 @@ def default_cutoff(
         .sort("day")
         .collect()
     )
+
+
+def add_day_counts(a: pl.DataFrame, b: pl.DataFrame) -> pl.DataFrame:
+    return pl.concat([a, b], how="vertical_relaxed").group_by("day").agg(pl.col("len").sum()).sort("day")
+
+
+def default_cutoff(
+    days: pl.DataFrame, future_days: int, tz: str = "UTC", min_day_share: float = 0.1
+) -> tuple[dt.datetime, str]:
+    """The last *busy* day's local midnight after, minus the future window: the newest data is the
+    future (naive UTC), and why. ``days``: :func:`day_counts` of the raw events. A day is busy when
+    it has at least ``min_day_share`` of the median events per active day: a few stray late events
+    (a clock gone wrong, one late upload) do not move the cutoff past the data, which would leave
+    every label 0."""
+    import zoneinfo
+
+    zone = zoneinfo.ZoneInfo(tz)
     threshold = max(1.0, min_day_share * float(days["len"].median()))
     busy = days.filter(pl.col("len") >= threshold)
     last_day = busy["day"][-1]

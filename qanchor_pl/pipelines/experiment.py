@@ -200,6 +200,7 @@ def derive_split(cfg: ExperimentConfig) -> TimeSplit:
     from data_modules.etl.raw import (
         RawInputs,
         check_timezone,
+        day_counts,
         default_cutoff,
         resolve_cutoff,
         scan_event_columns,
@@ -215,7 +216,7 @@ def derive_split(cfg: ExperimentConfig) -> TimeSplit:
     ev_cut = (
         resolve_cutoff(cfg.eval_cutoff, tz)
         if cfg.eval_cutoff
-        else default_cutoff(events, cfg.future_days, tz)[0]
+        else default_cutoff(day_counts(events, tz), cfg.future_days, tz)[0]
     )
     pre_cut = resolve_cutoff(cfg.pretrain_cutoff, tz) if cfg.pretrain_cutoff else ev_cut - window
     where = "--eval-cutoff" if cfg.eval_cutoff else str(inputs.events[0].parent)

@@ -1,0 +1,123 @@
+"""What a data set keeps so that the next day's build can refresh it (``qanchor build --previous``).
+
+A refreshable data set (``--refreshable true``) holds ``refresh/``: the cleaned events of its windows and everything later
+(``events/part-I-of-N.parquet``, by hash partition of ``user_id``; exact duplicates still in), and ``state.json`` with the
+counts a full build takes from raw files the refresh no longer reads: raw events per day (the
+default cutoff), events with a value per modality (modality metadata), the modalities seen, and
+the event-level skips (empty files, cut texts, events before the window).
+
+A refresh reads only the new raw files and these kept events, rolls the windows forward (a cutoff
+no earlier than the previous one, so nothing it needs was dropped) and rebuilds every user: each row
+is relative to the cutoff (D_uqa answers in days before it, labels from the future window after it)
+and to population-wide statistics (vocabulary ids by frequency, the tabular mean/std, the topic
+pool), so no row of a rolled data set can be copied. The result equals a full build on the union
+of the old and new raw files (tested).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import polars as pl
+
+from data_modules.etl.manifest import Manifest
+from data_modules.etl.partition import PartitionSpec, in_partition
+from data_modules.etl.schemas import SCHEMA_VERSION
+from data_modules.util.atomic import read_json, write_json
+from data_modules.util.errors import DataError
+
+STATE_VERSION = 1
+REFRESH_DIR = "refresh"
+#: Skips a full build counts on raw rows a refresh does not read again: carried forward and added.
+#: (Duplicates are not: the kept events keep theirs, and each build counts its window's afresh.)
+CARRIED_SKIPS = ("empty_event_files", "event_texts_truncated")
+#: Options that may change between a data set and its refresh: where the inputs are, the cutoff
+#: (rolled forward), whether the new one is refreshable. Every other option must be the same.
+MOVABLE_OPTIONS = (
+    "raw", "out", "events", "users", "scenarios", "labels", "qa", "topics", "modalities_meta",
+    "cutoff", "previous", "refreshable",
+)  # fmt: skip
+
+
+def kept_name(spec: PartitionSpec) -> str:
+    return f"{REFRESH_DIR}/events/part-{spec.name}.parquet"
+
+
+@dataclass
+class RefreshState:
+    """``refresh/state.json``: what a refresh needs of the raw files it does not read again."""
+
+    options: dict
+    cutoff: str
+    partitions: int
+    day_counts: list[list]  # [ISO day, raw events that day] in the build's time zone
+    valued: dict[str, int]  # modality -> raw events with a value
+    skipped: dict[str, int]  # CARRIED_SKIPS so far
+    events_before_window: int  # cleaned events before the history window, so far
+    version: int = STATE_VERSION
+    schema_version: int = SCHEMA_VERSION
+    files: list[str] = field(default_factory=list)
+
+    def save(self, data: Path) -> None:
+        write_json(data / REFRESH_DIR / "state.json", asdict(self))
+
+    @classmethod
+    def load(cls, data: str | Path) -> RefreshState:
+        """The state of the data set ``data``, checked: a data set, of this version, refreshable."""
+        data = Path(data)
+        if not (data / "manifest.json").is_file():
+            raise DataError(data, "--previous is not a data set (no manifest.json)",
+                            expected="the folder of a finished `qanchor build`")  # fmt: skip
+        version = read_json(data / "manifest.json").get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise DataError(data, f"--previous is a data set of another version (schema {version})",
+                            expected=f"schema {SCHEMA_VERSION}: build it afresh from its raw logs")  # fmt: skip
+        path = data / REFRESH_DIR / "state.json"
+        if not path.is_file():
+            raise DataError(data, "--previous keeps no refresh state (refresh/state.json)",
+                            expected="a data set built with --refreshable true")  # fmt: skip
+        raw = read_json(path)
+        if raw.get("version") != STATE_VERSION or raw.get("schema_version") != SCHEMA_VERSION:
+            raise DataError(path, f"refresh state of another version ({raw.get('version')}/{raw.get('schema_version')})",
+                            expected=f"{STATE_VERSION}/{SCHEMA_VERSION}: build it afresh from its raw logs")  # fmt: skip
+        names = {f.name for f in fields(cls)}
+        state = cls(**{k: v for k, v in raw.items() if k in names})
+        Manifest.load(data).verify(data, state.files)  # sizes and sha256: a refresh builds on them
+        return state
+
+    def check_options(self, options: dict, where: Path) -> None:
+        """A refresh builds the same kind of data set: every option but the movable ones as before."""
+        for key in sorted(set(options) | set(self.options)):
+            if key in MOVABLE_OPTIONS:
+                continue
+            if options.get(key) != self.options.get(key):
+                raise DataError(
+                    where, f"this build's --{key} is {options.get(key)!r}, the previous data set's is "
+                    f"{self.options.get(key)!r}",
+                    expected="the previous build's options (only the raw files and the cutoff move)",
+                )  # fmt: skip
+
+    def day_frame(self) -> pl.DataFrame:
+        return pl.DataFrame(
+            {"day": [d for d, _ in self.day_counts], "len": [n for _, n in self.day_counts]},
+            schema={"day": pl.String, "len": pl.UInt32},
+        ).with_columns(pl.col("day").str.to_date())
+
+    def kept_events(self, data: Path, spec: PartitionSpec) -> pl.LazyFrame | None:
+        """The kept events of the users partition ``spec`` owns. Partition I of N is the I-th of N
+        ranges of the same hash, so only the kept files whose range overlaps it are read, and only
+        those reaching beyond it are filtered (none when the partitioning is yesterday's)."""
+        i, n, m = spec.index, spec.count, self.partitions
+        frames = []
+        for j in range(m):
+            if not (j * n < (i + 1) * m and i * m < (j + 1) * n):
+                continue
+            lf = pl.scan_parquet(data / kept_name(PartitionSpec(j, m)))
+            inside = i * m <= j * n and (j + 1) * n <= (i + 1) * m
+            frames.append(lf if inside else lf.filter(in_partition(spec)))
+        return pl.concat(frames, how="vertical") if frames else None
+
+
+def day_counts_json(days: pl.DataFrame) -> list[list]:
+    return [[d.isoformat(), int(n)] for d, n in days.iter_rows()]
