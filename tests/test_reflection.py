@@ -126,3 +126,41 @@ def test_build_reports_answers_and_reflection_in_the_manifest(built):
     assert qa["answers"]["future"] == users and qa["answers"]["uqa"] >= users
     assert set(qa["reflection"]) == {"sentences_dropped", "answers_emptied"}
     assert qa["topics"]["count"] == 72 and qa["topics"]["source"].endswith("topics.json")
+
+
+def test_the_one_pass_reflection_keeps_what_the_sentence_loop_keeps():
+    """The fast path (no sentence to drop) returns the text the per-sentence loop joins, on random
+    answers made of numbers, quotes, sentence ends and odd whitespace."""
+    import random
+
+    from data_modules.etl.qa import mask_quotes, reflect_by_sentence
+
+    rng = random.Random(0)
+    pieces = [
+        "a",
+        "word",
+        " ",
+        "  ",
+        "\n",
+        "\t",
+        ".",
+        "!",
+        "?",
+        "3",
+        "4.50",
+        "-2",
+        '"Heat 4."',
+        '"x"',
+        "1.",
+        "\x1f",
+    ]
+    facts = Facts(spans={"Heat 4.", "x"})
+    facts.add_numbers([3, 4.5, -2, 1])
+    compared = 0
+    for _ in range(3000):
+        answer = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 14)))
+        masked, spans = mask_quotes(answer, facts.spans)
+        slow = reflect_by_sentence(masked, spans, facts)
+        assert reflect(answer, facts) == slow, repr(answer)
+        compared += not slow[1]  # nothing dropped: the case the fast path takes
+    assert compared > 500

@@ -23,6 +23,7 @@ FUTURE_QUERY = "What will the user most likely do next?"
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?")
 QUOTED_SPAN = re.compile(r'"[^"\x00]*"')
 _MASK = re.compile(r"\x00(\d+)\x00")
+_SENTENCE_GAP = re.compile(r"(?<=[.!?])\s+")
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -80,7 +81,7 @@ def stated_numbers(text: str) -> list[str]:
 
 def _sentences(text: str) -> list[str]:
     """Split a masked text after '.', '!' or '?' followed by a space or the end (quotes are masked)."""
-    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if s.strip()]
+    return [s.strip() for s in _SENTENCE_GAP.split(text) if s.strip()]
 
 
 def sentence_problem(masked: str, facts: Facts) -> str | None:
@@ -95,6 +96,15 @@ def sentence_problem(masked: str, facts: Facts) -> str | None:
 def reflect(answer: str, facts: Facts) -> tuple[str, Counter]:
     """Keep the grounded sentences of ``answer``; return (kept answer, dropped sentences by reason)."""
     masked, kept_spans = mask_quotes(answer, facts.spans)
+    if not QUOTED_SPAN.search(masked) and all(number_key(n) in facts.numbers for n in stated_numbers(masked)):
+        # every sentence is grounded (the templates' usual case): one pass over the whole answer
+        # gives the text the sentence loop would join (split at the same gaps, stripped)
+        return unmask(_SENTENCE_GAP.sub(" ", masked.strip()), kept_spans), Counter()
+    return reflect_by_sentence(masked, kept_spans, facts)
+
+
+def reflect_by_sentence(masked: str, kept_spans: list[str], facts: Facts) -> tuple[str, Counter]:
+    """:func:`reflect` one sentence at a time (``masked``, ``kept_spans``: from :func:`mask_quotes`)."""
     kept, dropped = [], Counter()
     for sentence in _sentences(masked):
         problem = sentence_problem(sentence, facts)
