@@ -163,9 +163,16 @@ def test_refresh_bad_inputs_are_one_line_and_write_nothing(split_raw, previous, 
     shutil.copytree(previous, corrupt)
     kept_file = sorted((corrupt / REFRESH_DIR / "events").glob("*.parquet"))[0]
     kept_file.write_bytes(kept_file.read_bytes()[:-100])
+    flipped = tmp_path / "flipped"  # same size, other bytes: found by the task that reads it
+    shutil.copytree(previous, flipped)
+    flipped_file = sorted((flipped / REFRESH_DIR / "events").glob("*.parquet"))[0]
+    data = bytearray(flipped_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    flipped_file.write_bytes(bytes(data))
     before = files_under(tmp_path)
     out = work / "data"
-    one_line_error(_refresh(split_raw["new"], corrupt, out), kept_file.name)
+    one_line_error(_refresh(split_raw["new"], corrupt, out), kept_file.name, "size")
+    one_line_error(_refresh(split_raw["new"], flipped, out), flipped_file.name, "checksum mismatch")
     one_line_error(_refresh(split_raw["new"], split_raw["old"], out), "--previous is not a data set")
     one_line_error(_refresh(split_raw["new"], other_version, out), "another version (schema 1)")
     one_line_error(_refresh(split_raw["new"], no_state, out), "keeps no refresh state")

@@ -208,10 +208,15 @@ def _keep_for_refresh(
         files[name] = entry
         names.append(name)
     RefreshState(
-        options={k: v for k, v in plan.config.items() if k not in MOVABLE_OPTIONS}, cutoff=plan.cutoff, partitions=plan.partitions, day_counts=plan.day_counts,
-        valued=plan.valued, skipped={k: skipped[k] for k in CARRIED_SKIPS if k in skipped},
-        events_before_window=plan.events_before_window + int(merged.windows.get("before", 0)), files=names,
-    ).save(out)  # fmt: skip
+        options={k: v for k, v in plan.config.items() if k not in MOVABLE_OPTIONS},
+        cutoff=plan.cutoff,
+        partitions=plan.partitions,
+        day_counts=plan.day_counts,
+        valued=plan.valued,
+        skipped={k: skipped[k] for k in CARRIED_SKIPS if k in skipped},
+        events_before_window=plan.events_before_window + int(merged.windows.get("before", 0)),
+        files=names,
+    ).save(out)
     files[f"{REFRESH_DIR}/state.json"] = file_entry(out, f"{REFRESH_DIR}/state.json", None)
 
 

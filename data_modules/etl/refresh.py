@@ -83,7 +83,12 @@ class RefreshState:
                             expected=f"{STATE_VERSION}/{SCHEMA_VERSION}: build it afresh from its raw logs")  # fmt: skip
         names = {f.name for f in fields(cls)}
         state = cls(**{k: v for k, v in raw.items() if k in names})
-        Manifest.load(data).verify(data, state.files)  # sizes and sha256: a refresh builds on them
+        files = Manifest.load(data).files
+        for rel in state.files:  # cheap here; each task checks the sha256 of the files it reads
+            path, entry = data / rel, files.get(rel)
+            if entry is None or not path.is_file() or path.stat().st_size != entry["bytes"]:
+                raise DataError(path, "kept events file missing, unlisted or of another size than the manifest's",
+                                expected="the data set as its build left it")  # fmt: skip
         return state
 
     def check_options(self, options: dict, where: Path) -> None:
@@ -109,11 +114,12 @@ class RefreshState:
         ranges of the same hash, so only the kept files whose range overlaps it are read, and only
         those reaching beyond it are filtered (none when the partitioning is yesterday's)."""
         i, n, m = spec.index, spec.count, self.partitions
+        overlapping = [j for j in range(m) if j * n < (i + 1) * m and i * m < (j + 1) * n]
+        names = [kept_name(PartitionSpec(j, m)) for j in overlapping]
+        Manifest.load(data).verify(data, names)  # sizes and sha256: this build rests on them
         frames = []
-        for j in range(m):
-            if not (j * n < (i + 1) * m and i * m < (j + 1) * n):
-                continue
-            lf = pl.scan_parquet(data / kept_name(PartitionSpec(j, m)))
+        for j, name in zip(overlapping, names):
+            lf = pl.scan_parquet(data / name)
             inside = i * m <= j * n and (j + 1) * n <= (i + 1) * m
             frames.append(lf if inside else lf.filter(in_partition(spec)))
         return pl.concat(frames, how="vertical") if frames else None
