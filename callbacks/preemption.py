@@ -5,7 +5,7 @@ SLURM announces the end of a job with SIGUSR1 (``#SBATCH --signal=SIGUSR1@90``, 
 signal handler, i.e. at an arbitrary point of a training step, and a run resumed from it was seen
 here to log one step twice. This callback only raises a flag in the handler; at the end of the
 current step all ranks agree (one scalar all-reduce) and save ``RUN/hpc_ckpt_N.ckpt`` together,
-and training stops, writing no later checkpoint. Only when the stopped run has ended (its last step's metrics written and the
+and training stops. Only when the stopped run has ended (its last step's metrics written and the
 loggers flushed) does rank 0 run ``scontrol requeue``, whose kill would otherwise lose the last
 step's TensorBoard point (seen here). The requeued job resumes with ``--ckpt_path last`` (the
 newest checkpoint; at the same step, the hpc one) under the same job id.
@@ -22,7 +22,6 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.distributed as dist
-from lightning.pytorch.callbacks import ModelCheckpoint
 
 
 def under_slurm_batch() -> bool:
@@ -64,13 +63,6 @@ class SlurmPreemption(L.Callback):
         self.saved = root / f"hpc_ckpt_{n}.ckpt"
         trainer.save_checkpoint(self.saved)  # every rank takes part (DDP/DeepSpeed collectives)
         trainer.should_stop = True
-        # The resume point is this checkpoint: the stopping run must not write a last.ckpt after it
-        # (at the end of the cut epoch, recorded as ended: a resume from it shuffled the next epoch
-        # differently, and the resumed run then saved to last-v1.ckpt). ModelCheckpoint skips a
-        # step it has already saved.
-        for callback in trainer.checkpoint_callbacks:
-            if isinstance(callback, ModelCheckpoint):
-                callback._last_global_step_saved = trainer.global_step
 
     def on_train_end(self, trainer, pl_module) -> None:
         """The run stopped for pre-emption has ended: flush what it logged, then requeue."""
