@@ -5,10 +5,8 @@ SLURM announces the end of a job with SIGUSR1 (``#SBATCH --signal=SIGUSR1@90``, 
 signal handler, i.e. at an arbitrary point of a training step, and a run resumed from it was seen
 here to log one step twice. This callback only raises a flag in the handler; at the end of the
 current step all ranks agree (one scalar all-reduce) and save ``RUN/hpc_ckpt_N.ckpt`` together,
-and training stops. Only when the stopped run has ended (its last step's metrics written and the
-loggers flushed) does rank 0 run ``scontrol requeue``, whose kill would otherwise lose the last
-step's TensorBoard point (seen here). The requeued job resumes with ``--ckpt_path last`` (the
-newest checkpoint; at the same step, the hpc one) under the same job id.
+rank 0 runs ``scontrol requeue``, and training stops. The requeued job resumes with
+``--ckpt_path last`` (the newest of last.ckpt and the hpc checkpoints) under the same job id.
 The CLI turns Lightning's auto-requeue off when this callback is active.
 """
 
@@ -62,17 +60,6 @@ class SlurmPreemption(L.Callback):
         n = 1 + max([int(p.stem.split("_")[-1]) for p in root.glob("hpc_ckpt_*.ckpt")] or [0])
         self.saved = root / f"hpc_ckpt_{n}.ckpt"
         trainer.save_checkpoint(self.saved)  # every rank takes part (DDP/DeepSpeed collectives)
-        trainer.should_stop = True
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        """The run stopped for pre-emption has ended: flush what it logged, then requeue."""
-        if self.saved is None:
-            return
-        for logger in trainer.loggers:
-            logger.save()
-            flush = getattr(logger.experiment, "flush", None)  # TensorBoard's writer buffers events
-            if callable(flush):
-                flush()
         if trainer.is_global_zero and self.requeue:
             job = os.environ.get("SLURM_ARRAY_JOB_ID", os.environ["SLURM_JOB_ID"])
             if "SLURM_ARRAY_TASK_ID" in os.environ:
@@ -82,3 +69,4 @@ class SlurmPreemption(L.Callback):
                 f"pre-emption: saved {self.saved} at step {trainer.global_step}; requeue {job}: rc {done.returncode} {done.stderr.strip()}",
                 flush=True,
             )
+        trainer.should_stop = True

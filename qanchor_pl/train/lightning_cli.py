@@ -201,14 +201,7 @@ class QAnchorCLI(LightningCLI):
                 print(
                     f"checkpoint {path} does not load (truncated?): passed over", file=sys.stderr, flush=True
                 )
-        # At the same step the pre-emption checkpoint wins: it is saved at a step boundary, while a
-        # last.ckpt the stopping process may still write after it (at the end of the cut epoch,
-        # racing SLURM's kill) records that epoch as ended, and the next epoch's order was seen
-        # to differ from the uninterrupted run's after resuming from it.
-        step, _, _, best = max(
-            ((step, path.name.startswith("hpc_ckpt_"), mtime, path) for step, mtime, path in readable),
-            key=lambda t: t[:3],
-        )
+        step, _, best = max(readable, key=lambda t: (t[0], t[1]))
         if broken and say:
             print(f"resuming from {best} (step {step})", file=sys.stderr, flush=True)
         return str(best)
