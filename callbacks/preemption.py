@@ -5,9 +5,13 @@ SLURM announces the end of a job with SIGUSR1 (``#SBATCH --signal=SIGUSR1@90``, 
 signal handler, i.e. at an arbitrary point of a training step, and a run resumed from it was seen
 here to log one step twice. This callback only raises a flag in the handler; at the end of the
 current step all ranks agree (one scalar all-reduce) and save ``RUN/hpc_ckpt_N.ckpt`` together,
-rank 0 runs ``scontrol requeue``, and training stops. The requeued job resumes with
-``--ckpt_path last`` (the newest of last.ckpt and the hpc checkpoints) under the same job id.
-The CLI turns Lightning's auto-requeue off when this callback is active.
+and training stops. That checkpoint stays the run's newest: the stopping run writes no
+``last.ckpt`` after it (Lightning's ``on_train_end`` would, with its epoch marked finished). Once
+the run has ended, its loggers have flushed the last step and every rank has got there, rank 0
+runs ``scontrol requeue``: the requeue kills the job, and a kill right after the checkpoint had
+lost that step's TensorBoard point (seen in CI). The requeued job resumes with ``--ckpt_path
+last`` (the newest checkpoint) under the same job id. The CLI turns Lightning's auto-requeue off
+when this callback is active.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.distributed as dist
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 
 def under_slurm_batch() -> bool:
@@ -54,12 +59,24 @@ class SlurmPreemption(L.Callback):
         return bool(flag.item() > 0)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if not under_slurm_batch() or not self._agreed(trainer, pl_module.device):
+        if self.saved is not None or not under_slurm_batch() or not self._agreed(trainer, pl_module.device):
             return
         root = Path(trainer.default_root_dir)
         n = 1 + max([int(p.stem.split("_")[-1]) for p in root.glob("hpc_ckpt_*.ckpt")] or [0])
         self.saved = root / f"hpc_ckpt_{n}.ckpt"
         trainer.save_checkpoint(self.saved)  # every rank takes part (DDP/DeepSpeed collectives)
+        for callback in trainer.checkpoint_callbacks:  # nothing newer than the pre-emption checkpoint
+            if isinstance(callback, ModelCheckpoint):
+                callback.save_last = False
+                callback._last_global_step_saved = trainer.global_step  # skips the epoch-end save
+        trainer.should_stop = True
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.saved is None:
+            return
+        for logger in trainer.loggers:
+            logger.save()  # the last step's metrics reach the disk before the requeue's kill
+        trainer.strategy.barrier("slurm-preemption")  # every rank has written its last step
         if trainer.is_global_zero and self.requeue:
             job = os.environ.get("SLURM_ARRAY_JOB_ID", os.environ["SLURM_JOB_ID"])
             if "SLURM_ARRAY_TASK_ID" in os.environ:
@@ -69,4 +86,3 @@ class SlurmPreemption(L.Callback):
                 f"pre-emption: saved {self.saved} at step {trainer.global_step}; requeue {job}: rc {done.returncode} {done.stderr.strip()}",
                 flush=True,
             )
-        trainer.should_stop = True

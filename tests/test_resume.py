@@ -1,7 +1,8 @@
 """Exact mid-epoch resume with real Trainer runs: 1 or 2 ranks (CPU DDP), 0 or 2 workers.
 
 Stopping after step k and resuming from that checkpoint must consume exactly the samples that an
-uninterrupted run consumes from step k+1 on, and every user once per epoch across all ranks.
+uninterrupted run consumes from step k+1 on, and every user once per epoch across all ranks; also
+when k is an epoch's last step.
 """
 
 from __future__ import annotations
@@ -34,11 +35,15 @@ def _seen(out, rank):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("devices,workers,stop_at", [(1, 0, 7), (1, 2, 23), (2, 0, 11), (2, 2, 5)])
+@pytest.mark.parametrize(
+    "devices,workers,stop_at", [(1, 0, 7), (1, 2, 23), (2, 0, 11), (2, 2, 5), (1, 2, None), (2, 2, None)]
+)
 def test_resume_consumes_exactly_the_remaining_samples(built, tmp_path, devices, workers, stop_at):
+    """``stop_at=None``: after the first epoch's last batch (the saved pass is finished)."""
     n_users = sum(pq.ParquetFile(p).metadata.num_rows for p in (built / "shards").glob("*.parquet"))
     steps_per_epoch = -(-(n_users // devices) // BATCH)
     total = steps_per_epoch + 6  # crosses an epoch boundary
+    stop_at = steps_per_epoch if stop_at is None else stop_at
     assert stop_at < total
 
     _job(built, tmp_path / "full", tmp_path / "ck_full", total, devices, workers)

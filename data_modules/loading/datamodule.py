@@ -325,8 +325,19 @@ class ScenarioDataModule(UserUDataModule):
 
 
 class UserStreamLoader(StatefulDataLoader):
-    """A StatefulDataLoader over a :class:`UserStreamDataset` that sets the dataset's epoch (from
-    ``epoch_fn``, e.g. the trainer's current epoch, or :meth:`set_epoch`) before each pass."""
+    """A StatefulDataLoader over a :class:`UserStreamDataset` that sets the dataset's epoch before
+    each pass: from :meth:`set_epoch`, or, for training, from ``epoch_fn`` (the trainer's epoch).
+
+    With ``epoch_fn`` the loader's own checkpointed state, not the trainer's counter, says which
+    epoch a pass reads: a restored pass goes on in its epoch, a restored *finished* pass (saved
+    after an epoch's last batch) is followed by the next epoch from its start, and afterwards each
+    change of the trainer's epoch starts the next epoch. Lightning's counter is not exact across
+    such resumes: it is read before Lightning restores it, and a checkpoint saved at or near an
+    epoch's end can move it by two (an empty epoch), which shuffled the resumed run's next epoch
+    differently from the uninterrupted run's (seen in CI).
+    """
+
+    EPOCH_KEY = "_user_stream_epoch"  # the pass's epoch, whatever the number of workers
 
     def __init__(
         self, dataset: UserStreamDataset, *, epoch_fn: Callable[[], int] | None = None, **kwargs: Any
@@ -338,11 +349,36 @@ class UserStreamLoader(StatefulDataLoader):
             )
         super().__init__(dataset, batch_size=None, **kwargs)
         self._epoch_fn = epoch_fn
+        self._restored_epoch: int | None = None  # the epoch the next pass reads, from a checkpoint
+        self._last_counter: int | None = None  # epoch_fn() at the previous pass
 
     def set_epoch(self, epoch: int) -> None:
         self.dataset.set_epoch(epoch)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), self.EPOCH_KEY: self.dataset.epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = dict(state_dict)
+        epoch = state.pop(self.EPOCH_KEY, None)
+        if epoch is None:  # saved before the key existed: the one-process state names the epoch
+            epoch = (state.get("dataset_state") or {}).get("epoch")
+        self._last_counter = None
+        self._restored_epoch = None if epoch is None else int(epoch)
+        if epoch is not None and int(state.get("_num_yielded", 0)) >= len(self):
+            self._restored_epoch = int(epoch) + 1  # the saved pass is over: the next one, afresh
+            state = {}
+        super().load_state_dict(state)
+
     def __iter__(self):
         if self._epoch_fn is not None:
-            self.dataset.set_epoch(self._epoch_fn())
+            counter = self._epoch_fn()
+            if self._restored_epoch is not None:
+                epoch, self._restored_epoch = self._restored_epoch, None
+            elif self._last_counter is None:
+                epoch = counter
+            else:
+                epoch = self.dataset.epoch + (counter != self._last_counter)
+            self._last_counter = counter
+            self.dataset.set_epoch(epoch)
         return super().__iter__()

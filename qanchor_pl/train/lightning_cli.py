@@ -32,7 +32,14 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
-from callbacks import HParamsWithMetrics, SampleAuditLog, SlurmPreemption, StepLog, ThroughputLogger
+from callbacks import (
+    EpochEndResume,
+    HParamsWithMetrics,
+    SampleAuditLog,
+    SlurmPreemption,
+    StepLog,
+    ThroughputLogger,
+)
 from callbacks.hparams import final_metrics
 from data_modules.util.lock import FolderLock, is_rank_zero
 from qanchor_pl.train.checkpoint_io import AtomicCheckpointIO
@@ -141,7 +148,7 @@ class QAnchorCLI(LightningCLI):
         if SLURMEnvironment.detect():  # pre-emption is handled at step boundaries by SlurmPreemption
             plugins.append(SLURMEnvironment(auto_requeue=False))
         config["plugins"] = plugins or None
-        return super()._instantiate_trainer(config, [*callbacks, HParamsWithMetrics()])
+        return super()._instantiate_trainer(config, [*callbacks, HParamsWithMetrics(), EpochEndResume()])
 
     def version_suffix(self) -> str:
         return ""
