@@ -122,9 +122,21 @@ def preempt_after(env, job: str, run: Path, logged_steps: int) -> None:
     while time.time() < deadline:
         info = job_info(env, job)
         if int(info.get("Restarts", 0)) >= 1 and info.get("JobState") == "PENDING":
+            # SLURM's hold exists for a reason: a requeued job started in the second its previous
+            # run's credential was revoked dies ("Job credential revoked", seen in CI). Release it
+            # once the nodes have finished that run, and a second boundary later.
+            while time.time() < deadline and nodes_busy(env):
+                time.sleep(0.2)
+            time.sleep(2)
             subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, check=True)
             break
         time.sleep(0.2)
+
+
+def nodes_busy(env) -> bool:
+    """Whether a node of the cluster is still allocated or completing a job."""
+    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], env=env, capture_output=True, text=True).stdout
+    return any(state.strip().rstrip("*~#") not in ("idle", "") for state in out.splitlines())
 
 
 def build_chain(
