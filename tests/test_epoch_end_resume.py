@@ -162,3 +162,25 @@ def test_only_a_finished_epochs_batch_counters_are_cleared():
         assert not clear_finished_epoch_batches(inside)
         assert json.dumps(inside, sort_keys=True) == before
     assert not clear_finished_epoch_batches({"state_dict": {}})  # a weights-only checkpoint
+
+
+def test_a_checkpoint_from_before_the_epoch_key_with_workers_follows_the_trainers_counter(built):
+    """Such a loader state does not say its epoch (it is inside the workers' states): the passes
+    after it are the ones the trainer's counter names, as when it was written."""
+    dm = UserUDataModule(str(built), batch_size=BATCH)
+    dm.setup("fit")
+    saved = UserStreamLoader(dm.make_dataset(), num_workers=2)
+    saved.set_epoch(2)
+    batches = iter(saved)
+    next(batches)
+    state = saved.state_dict()
+    del batches
+    state.pop(UserStreamLoader.EPOCH_KEY)
+    counter = {"now": 1}  # whatever it says first (the workers' states hold epoch 2) ...
+    resumed = UserStreamLoader(dm.make_dataset(), num_workers=2, epoch_fn=lambda: counter["now"])
+    resumed.load_state_dict(state)
+    assert len(list(resumed)) == len(resumed) - 1  # the rest of the saved pass
+    counter["now"] = 3  # ... the next pass is the epoch it names, not the one after its first value
+    fresh = UserStreamLoader(dm.make_dataset(), num_workers=2)  # workers interleave their batches
+    fresh.set_epoch(3)
+    assert [b["user_id"] for b in resumed] == [b["user_id"] for b in fresh]

@@ -351,6 +351,7 @@ class UserStreamLoader(StatefulDataLoader):
         self._epoch_fn = epoch_fn
         self._restored_epoch: int | None = None  # the epoch the next pass reads, from a checkpoint
         self._last_counter: int | None = None  # epoch_fn() at the previous pass
+        self._restored_epoch_unknown = False
 
     def set_epoch(self, epoch: int) -> None:
         self.dataset.set_epoch(epoch)
@@ -363,6 +364,9 @@ class UserStreamLoader(StatefulDataLoader):
         epoch = state.pop(self.EPOCH_KEY, None)
         if epoch is None:  # saved before the key existed: the one-process state names the epoch
             epoch = (state.get("dataset_state") or {}).get("epoch")
+        # A checkpoint from before the key with loader workers does not say the epoch: the trainer's
+        # counter names every pass then, as it did when that checkpoint was written.
+        self._restored_epoch_unknown = epoch is None and bool(state)
         self._last_counter = None
         self._restored_epoch = None if epoch is None else int(epoch)
         if epoch is not None and int(state.get("_num_yielded", 0)) >= len(self):
@@ -375,7 +379,7 @@ class UserStreamLoader(StatefulDataLoader):
             counter = self._epoch_fn()
             if self._restored_epoch is not None:
                 epoch, self._restored_epoch = self._restored_epoch, None
-            elif self._last_counter is None:
+            elif self._last_counter is None or self._restored_epoch_unknown:
                 epoch = counter
             else:
                 epoch = self.dataset.epoch + (counter != self._last_counter)
