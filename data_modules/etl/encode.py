@@ -26,6 +26,7 @@ from data_modules.etl.partition import PartitionSpec
 from data_modules.util.atomic import atomic_path, read_json, write_json
 from data_modules.util.errors import DataError
 from data_modules.util.hashing import sha256_file, sha256_folder, stable_hash64
+from data_modules.util.vector_math import settle_vector_math_dispatch
 
 VECTORS_DIR = "vectors"
 PARTS_DIR = ".parts"  # encode --part I/N writes here; encode --merge N joins them
@@ -71,6 +72,7 @@ class HFEncoder:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
+        settle_vector_math_dispatch()  # before the first parallel erf/exp: the same vectors every run
         self.torch = torch
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModel.from_pretrained(path).to(device).eval()

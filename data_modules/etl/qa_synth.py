@@ -38,6 +38,7 @@ from data_modules.etl.topics import Topic, load_topics
 from data_modules.util.atomic import write_json, write_parquet
 from data_modules.util.errors import DataError
 from data_modules.util.hashing import sha256_folder
+from data_modules.util.vector_math import settle_vector_math_dispatch
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
@@ -244,6 +245,7 @@ class Generator:
 
         from data_modules.loading.tokenizer import load_tokenizer
 
+        settle_vector_math_dispatch()  # before the first parallel cos/sin: the same answers every run
         self.cfg, self.device = cfg, device
         dtype = (
             (torch.bfloat16 if device.startswith("cuda") else torch.float32)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data_modules.util.vector_math import settle_vector_math_dispatch
 from qanchor_pl.model import backbone as bb
 from qanchor_pl.model.config import QAnchorConfig
 from qanchor_pl.model.heads import ProjectionHead
@@ -47,6 +48,7 @@ class QAnchorModel(nn.Module):
 
     def __init__(self, config: QAnchorConfig, backbone_module: nn.Module | None = None) -> None:
         super().__init__()
+        settle_vector_math_dispatch()  # before any parallel cos/sin: repeatable CPU runs
         self.config = config
         self.tokenizer = bb.load_tokenizer(config.inputs.tokenizer)
         if backbone_module is not None:
