@@ -77,6 +77,15 @@ class EvaluateConfig:
     """the validation carve's seed (as the tuning data's)"""
     minilm_cache: str | None = None
     """folder caching the MiniLM profile vectors between runs (default: the report folder)"""
+    complement: str | None = None
+    """a baseline (e.g. category-counts): every embedding row also gets a row of that baseline's
+    features and the embedding side by side, "[BASELINE ; ROW]", compared with the baseline alone
+    (does the embedding add to what an engineer already has?)"""
+    label_fractions: list[float] = field(default_factory=list)
+    """label efficiency: also fit every row's probe on these fractions of the train users, e.g.
+    [0.02, 0.05, 0.1, 0.25] (a table, label_efficiency.png and a TensorBoard image)"""
+    label_draws: int = 3
+    """draws per fraction (the same draws for every row)"""
 
 
 @dataclass

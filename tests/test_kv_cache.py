@@ -11,7 +11,16 @@ from tests.helpers.tiny import model_for
 
 @pytest.mark.parametrize(
     "variant",
-    [{}, {"head_residual": True}, {"embedding": "hidden"}, {"event_time": True}, {"event_counts": True}],
+    [
+        {},
+        {"head_residual": True},
+        {"embedding": "hidden"},
+        {"event_time": True},
+        {"event_counts": True},
+        {"pooling": "pna"},
+        {"count_token": True},
+        {"pooling": "pna", "count_token": True, "event_counts": True},
+    ],  # fmt: skip
 )
 def test_cached_embeddings_equal_full_sequence_for_every_query_and_prompt(model_data, variant):
     inputs, batch = model_data

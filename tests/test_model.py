@@ -128,7 +128,7 @@ def test_ablation_switches_skip_the_work_they_remove(model_data):
     m = model_for(inputs)
     out = m(batch, semantic=False, ntp=False)
     assert out.v is None and out.ntp_loss is None and out.answer_tokens == 0
-    with pytest.raises(ValueError, match="both losses are off"):
+    with pytest.raises(ValueError, match="every loss is off"):
         PretrainModule(contrastive={"enabled": False}, ntp_weight=0.0, inputs=inputs)
 
 

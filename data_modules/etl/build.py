@@ -113,6 +113,12 @@ class BuildConfig:
     the shards) so that the next build can refresh this one with --previous; a daily pipeline passes
     it every day"""
 
+    future_events: bool = False
+    """shards also carry every future-window event (uncapped, bounded by --future_days): ids, times
+    and categories per modality (fut_ev_*, fut_ts_*, fut_cat_*), the
+    targets of pretraining's future-behaviour anchor. For pretraining data only: an evaluation data
+    set never carries its label window (the default)"""
+
     stage: Literal["all", "plan", "scatter", "stats", "shards", "finish"] = "all"
     """all: the whole build in this process; else one stage of a partitioned build (slurm/build.sbatch):
     plan (once), scatter, stats and shards (one task per --partition each), finish (once)"""

@@ -189,10 +189,17 @@ def finish_into(plan: BuildPlan, work: WorkFolder, merged: MergedStats, out: Pat
             "vocab": {m: v.height for m, v in merged.vocab.items()}, "benchmarks": bench_counts,
         },
         skipped=skipped, files=files, config=plan.config, encoders={}, timezone=plan.config["timezone"],
-        modality_meta=plan.meta, qa=report.to_json(),
+        modality_meta=plan.meta, qa=report.to_json(), categories=seen_categories(merged.seen, plan.event_mods),
     )  # fmt: skip
     manifest.save(out)
     return manifest
+
+
+def seen_categories(seen: pl.DataFrame, event_mods: list[str]) -> dict[str, list[str]]:
+    """Per event modality, the sorted categories of the history events the model sees."""
+    cats = seen.filter(pl.col("category").is_not_null()).group_by("modality").agg(pl.col("category").unique())
+    found = {m: sorted(c) for m, c in cats.iter_rows()}
+    return {m: found.get(m, []) for m in event_mods}
 
 
 def _keep_for_refresh(

@@ -244,6 +244,7 @@ def _shards_into(plan: BuildPlan, stats: Path, spec: PartitionSpec, merged, out:
                                 plan.modality_meta, QAReport()),
         vocab_ids=merged.vocab_ids, event_mods=plan.event_mods, features=plan.features, tab_stats=merged.tab_stats,
         scenarios=plan.scenarios, row_group_size=cfg["row_group_size"], stats=stats, out=out,
+        future_events=bool(cfg.get("future_events", False)),
     )  # fmt: skip
     shards = [(k, shard_name(spec, k), kept.filter(pl.col("shard") == k)) for k in range(_n_shards(kept))]
     scenarios = plan.scenarios
@@ -286,13 +287,15 @@ class _ShardJob:
     row_group_size: int
     stats: Path
     out: Path
+    future_events: bool = False
 
     def run(self, k: int, name: str, shard_users: pl.DataFrame) -> tuple:
         """Write shard ``k``; return (name, file entry, positives, QA answers, dropped, emptied)."""
         self.supervision.report = QAReport()
         ev = pl.read_parquet(self.stats / "events" / f"shard-{k:05d}.parquet")
         ev = ev.join(self.vocab_ids, on=["modality", "text"], how="left")
-        table = build_shard(shard_users, ev, self.event_mods, self.features, self.tab_stats, self.supervision)
+        table = build_shard(shard_users, ev, self.event_mods, self.features, self.tab_stats, self.supervision,
+                            future_events=self.future_events)  # fmt: skip
         positives: dict[str, set[str]] = {s.name: set() for s in self.scenarios}
         _collect_positives(ev, self.scenarios, positives)
         write_parquet(self.out / name, table, row_group_size=self.row_group_size)
@@ -341,9 +344,11 @@ def build_shard(
     features: list[str],
     tab_stats: tuple[np.ndarray, np.ndarray],
     supervision: Supervision,
+    future_events: bool = False,
 ) -> pa.Table:
     """One shard's rows, in the shard's user order: the capped (seen) events, their times, values and
-    categories per modality, the tabular vector and the QA pairs."""
+    categories per modality, the tabular vector and the QA pairs; with ``future_events``, also the
+    future window's seen events (ids, times, categories: pretraining's future anchor)."""
     base = shard_users.select("user_id")
     hist = ev.filter(pl.col("window") == "history")
     seen = hist.filter(pl.col("seen"))
@@ -367,6 +372,8 @@ def build_shard(
         columns[f"val_{m}"] = seq["val"].fill_null([]).to_arrow().cast(pa.list_(pa.float64()))
         columns[f"cat_{m}"] = seq["cat"].fill_null([]).to_arrow().cast(pa.list_(pa.string()))
         columns[f"n_{m}"] = seq["n"].fill_null(0).to_arrow().cast(pa.int32())
+    if future_events:
+        columns |= _future_columns(base, ev, event_mods)
     if features:
         z = ((shard_users.select(features).to_numpy() - tab_stats[0]) / tab_stats[1]).astype(np.float32)
         columns["tabular"] = pa.FixedSizeListArray.from_arrays(pa.array(z.ravel()), len(features))
@@ -377,8 +384,32 @@ def build_shard(
     columns["qa_query"] = pa.array(pairs["query"], pa.list_(pa.string()))
     columns["qa_answer"] = pa.array(pairs["answer"], pa.list_(pa.string()))
     columns["qa_source"] = pa.array(pairs["source"], pa.list_(pa.string()))
-    schema = shard_schema(event_mods, len(features))
+    schema = shard_schema(event_mods, len(features), future_events)
     return pa.table(columns).cast(schema)
+
+
+def _future_columns(base: pl.DataFrame, ev: pl.DataFrame, event_mods: list[str]) -> dict[str, pa.Array]:
+    """Per modality, every future-window event of each user of ``base`` in time order (ties by text):
+    vocabulary ids (-1 for a text the history never had), times, categories. Not capped like the
+    history: "does the user do X within W days" must see the whole window (it is bounded by
+    --future_days)."""
+    fut = ev.filter(pl.col("window") == "future").sort("user_id", "ts", "text", "category", nulls_last=True)
+    columns: dict[str, pa.Array] = {}
+    for m in event_mods:
+        seq = (
+            fut.filter(pl.col("modality") == m)
+            .group_by("user_id", maintain_order=True)
+            .agg(
+                pl.col("vid").fill_null(-1).cast(pl.Int32).alias("ids"),
+                pl.col("ts").dt.cast_time_unit("ms").alias("ts"),
+                pl.col("category").alias("cat"),
+            )
+        )
+        seq = base.join(seq, on="user_id", how="left", maintain_order="left")
+        columns[f"fut_ev_{m}"] = seq["ids"].fill_null([]).to_arrow().cast(pa.list_(pa.int32()))
+        columns[f"fut_ts_{m}"] = seq["ts"].fill_null([]).to_arrow().cast(pa.list_(pa.timestamp("ms")))
+        columns[f"fut_cat_{m}"] = seq["cat"].fill_null([]).to_arrow().cast(pa.list_(pa.string()))
+    return columns
 
 
 def _collect_positives(ev: pl.DataFrame, scenarios: list[Scenario], positives: dict[str, set[str]]) -> None:

@@ -40,6 +40,9 @@ class Manifest:
     timezone: str = "UTC"
     modality_meta: dict[str, dict] = field(default_factory=dict)
     qa: dict = field(default_factory=dict)  # answers per source, reflection counts, topic report, QA versions
+    # event modality -> the categories of the history events the model sees, sorted (count features
+    # and the future anchor's targets are laid out in this order)
+    categories: dict[str, list[str]] = field(default_factory=dict)
 
     def save(self, root: str | Path) -> None:
         write_json(Path(root) / MANIFEST, asdict(self))

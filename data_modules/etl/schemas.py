@@ -144,8 +144,9 @@ def parse_caps(text: str | None) -> dict[str, int]:
     return caps
 
 
-def shard_schema(event_mods: list[str], n_tabular: int) -> pa.Schema:
-    """Schema of one UserU shard row (one user)."""
+def shard_schema(event_mods: list[str], n_tabular: int, future_events: bool = False) -> pa.Schema:
+    """Schema of one UserU shard row (one user); ``future_events``: with the future window's seen
+    events (pretraining data only)."""
     fields: list[pa.Field] = [pa.field("user_id", pa.string(), nullable=False)]
     for m in event_mods:
         fields += [
@@ -154,6 +155,12 @@ def shard_schema(event_mods: list[str], n_tabular: int) -> pa.Schema:
             pa.field(f"val_{m}", pa.list_(pa.float64())),
             pa.field(f"cat_{m}", pa.list_(pa.string())),
             pa.field(f"n_{m}", pa.int32()),
+        ]
+    for m in event_mods if future_events else ():
+        fields += [
+            pa.field(f"fut_ev_{m}", pa.list_(pa.int32())),  # -1: a text the history vocabulary lacks
+            pa.field(f"fut_ts_{m}", pa.list_(pa.timestamp("ms"))),
+            pa.field(f"fut_cat_{m}", pa.list_(pa.string())),
         ]
     fields += [
         pa.field("tabular", pa.list_(pa.float32(), n_tabular) if n_tabular else pa.list_(pa.float32())),

@@ -65,3 +65,55 @@ def pad_event_ages(ts: pa.Array, cutoff: int, cap: int) -> np.ndarray:
     out = np.zeros((len(lengths), max(int(keep.max()) if len(keep) else 0, 1)), dtype=np.float32)
     out[rows, pos] = (cutoff - values[src]) / 86_400_000.0
     return out
+
+
+def category_key(category: str) -> int:
+    """A category name as a positive 63-bit integer, the same in every process and data set: batches
+    carry categories as these keys and a model maps them to its own category list (so data cut at
+    another time, with other categories, still lines up by name). 0 means "no category"."""
+    from data_modules.util.hashing import stable_hash64
+
+    return (stable_hash64("category:" + category, "little") & 0x7FFF_FFFF_FFFF_FFFF) or 1
+
+
+def _flat_keys(values: pa.Array) -> np.ndarray:
+    """Category strings (nulls allowed) -> int64 keys (0 for null), hashing each distinct name once."""
+    if len(values) == 0:
+        return np.zeros(0, dtype=np.int64)
+    encoded = values.dictionary_encode() if not pa.types.is_dictionary(values.type) else values
+    names = encoded.dictionary.to_pylist()
+    table = np.array([category_key(n) for n in names] + [0], dtype=np.int64)
+    idx = encoded.indices.fill_null(len(names)).to_numpy(zero_copy_only=False).astype(np.int64)
+    return table[idx]
+
+
+def pad_categories(cats: pa.Array, cap: int | None) -> np.ndarray:
+    """Category keys (:func:`category_key`) of the events :func:`pad_events` keeps (the last ``cap``;
+    ``None``: all), padded with 0: [B, K] int64."""
+    if isinstance(cats, pa.ChunkedArray):
+        cats = cats.combine_chunks()
+    lengths = cats.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    keys = _flat_keys(cats.flatten())
+    keep = lengths if cap is None else np.minimum(lengths, cap)
+    src, rows, pos = _ragged_index(lengths, keep)
+    out = np.zeros((len(lengths), max(int(keep.max()) if len(keep) else 0, 1)), dtype=np.int64)
+    out[rows, pos] = keys[src]
+    return out
+
+
+def pad_ragged(values: pa.Array, fill: float, dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """Every item of each row, right-padded with ``fill``: ([B, K] values, [B, K] bool mask)."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    lengths = values.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = values.flatten()
+    if pa.types.is_timestamp(flat.type):
+        flat = flat.cast(pa.int64())
+    flat = flat.to_numpy(zero_copy_only=False)
+    src, rows, pos = _ragged_index(lengths, lengths)
+    width = max(int(lengths.max()) if len(lengths) else 0, 1)
+    out = np.full((len(lengths), width), fill, dtype=dtype)
+    mask = np.zeros((len(lengths), width), dtype=bool)
+    out[rows, pos] = flat[src]
+    mask[rows, pos] = True
+    return out, mask

@@ -47,6 +47,9 @@ class UserUDataModule(L.LightningDataModule):
         qa_version: which D_uqa pretraining reads: ``templated`` (the build's), a generated version
             (e.g. ``llm`` from ``qanchor qa-synth``: the build's D_future and external pairs plus the
             generated D_uqa), ``templated+llm`` (both), or ``both`` (= ``templated+llm``).
+        future_negatives: for the dense future anchor (``model.future.form: dense``): batches carry
+            the future events' text vectors and this many random vocabulary entries per modality
+            (0: neither). Only data built with ``--future_events`` has future events.
     """
 
     def __init__(
@@ -63,6 +66,7 @@ class UserUDataModule(L.LightningDataModule):
         max_answer_tokens: int = 128,
         verify: bool = True,
         qa_version: str = "templated",
+        future_negatives: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer"])
@@ -183,6 +187,8 @@ class UserUDataModule(L.LightningDataModule):
             qa_files=self.qa_files,
             qa_keep_templated_uqa=self.qa_keep_templated_uqa,
             cutoff=self.manifest.cutoff,
+            future=bool(self.manifest.config.get("future_events", False)),
+            future_negatives=self.hparams.future_negatives,
         )
 
     def make_dataset(self, *, world_size: int = 1, rank: int = 0) -> UserStreamDataset:
@@ -223,7 +229,32 @@ class UserUDataModule(L.LightningDataModule):
             "event_dims": self.event_dims,
             "tabular_dim": self.tabular_dim,
             "encoder": str(encoder_info(self.manifest, self.data).get("sha256", "")),
+            "categories": {
+                m: tuple(self.manifest.categories.get(m, ())) for m in self.manifest.event_modalities
+            },
+            "log_count_mean": self.log_count_mean(),
         }
+
+    def log_count_mean(self) -> dict[str, float]:
+        """Per event modality, mean log(1 + kept events) over the users of the first shard: the
+        normaliser (PNA's delta) of count-aware pooling, an estimate from up to one shard of users."""
+        import numpy as np
+        import pyarrow.parquet as pq
+
+        first = pq.read_table(
+            self._shard_paths()[0], columns=[f"ev_{m}" for m in self.manifest.event_modalities]
+        )
+        out = {}
+        for m in self.manifest.event_modalities:
+            n = (
+                first.column(f"ev_{m}")
+                .combine_chunks()
+                .value_lengths()
+                .fill_null(0)
+                .to_numpy(zero_copy_only=False)
+            )
+            out[m] = round(float(np.log1p(np.minimum(n, self.caps[m])).mean()), 6)
+        return out
 
     @property
     def event_dims(self) -> dict[str, int]:

@@ -22,7 +22,14 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from data_modules.etl.encode import load_vectors
-from data_modules.loading.collate import cutoff_ms, pad_event_ages, pad_events, pad_token_ids
+from data_modules.loading.collate import (
+    cutoff_ms,
+    pad_categories,
+    pad_event_ages,
+    pad_events,
+    pad_ragged,
+    pad_token_ids,
+)
 from data_modules.loading.plan import PlanSpec, WorkerPlan, make_worker_plan, unit_order
 from data_modules.util.errors import DataError
 from data_modules.util.hashing import stable_hash64
@@ -99,6 +106,12 @@ class UserStreamDataset(IterableDataset):
     ``mode="qa"`` (pretraining): one QA pair per user per epoch, query and answer tokenised.
     ``mode="scenario"`` (prompt tuning / evaluation): the scenario's query and the user's label.
     ``mode="users"`` (embedding): the profile only (events, masks, tabular, user ids).
+
+    Every batch carries each kept event's category as a key (``event_category``, see
+    :func:`~data_modules.loading.collate.category_key`). With ``future`` (pretraining data built
+    with ``--future_events``, qa mode only), it also carries the future window's events
+    (``future``: per modality ids, days after the cutoff, category keys, mask): the targets of the
+    future-behaviour anchor. An evaluation data set has no such columns.
     """
 
     def __init__(
@@ -123,12 +136,16 @@ class UserStreamDataset(IterableDataset):
         qa_files: list[str] | None = None,
         qa_keep_templated_uqa: bool = True,
         cutoff: str | None = None,
+        future: bool = False,
+        future_negatives: int = 0,
     ) -> None:
         super().__init__()
         if mode not in ("qa", "scenario", "users"):
             raise ValueError(f"mode must be 'qa', 'scenario' or 'users', got {mode!r}")
         if mode == "scenario" and (scenario_query is None or units.labels is None):
             raise ValueError("scenario mode needs a scenario_query and labelled units")
+        if future and cutoff is None:
+            raise ValueError("future events need the data's cutoff (their ages are days after it)")
         self.root = str(root)
         self.units = units
         self.event_modalities = list(event_modalities)
@@ -153,11 +170,19 @@ class UserStreamDataset(IterableDataset):
         # With the cutoff, batches carry each kept event's age in days ("event_age"), for models
         # that read time.
         self.cutoff = cutoff_ms(cutoff) if cutoff else None
-        self._columns = ["user_id", *(f"ev_{m}" for m in self.event_modalities), "tabular"]
+        self.future = future and mode == "qa"
+        # the dense future anchor: future events' text vectors and log sampling probabilities, and
+        # this many random vocabulary entries per modality per batch (the same on every rank)
+        self.future_negatives = future_negatives if self.future else 0
+        self._log_share: dict[str, np.ndarray] | None = None
+        mods = self.event_modalities
+        self._columns = ["user_id", *(f"ev_{m}" for m in mods), *(f"cat_{m}" for m in mods), "tabular"]
         if self.cutoff is not None:
-            self._columns += [f"ts_{m}" for m in self.event_modalities]
+            self._columns += [f"ts_{m}" for m in mods]
         if mode == "qa":
             self._columns += ["qa_query", "qa_answer", "qa_source"]
+        if self.future:
+            self._columns += [f"fut_{p}_{m}" for m in mods for p in ("ev", "ts", "cat")]
 
     # -- epoch and resume state ---------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
@@ -275,13 +300,20 @@ class UserStreamDataset(IterableDataset):
         perm = np.argsort(np.concatenate(where), kind="stable")
         pieces = table.take(pa.array(perm))
         user_ids = pieces.column("user_id").to_pylist()
-        batch: dict[str, Any] = {"user_id": user_ids, "events": {}, "event_mask": {}}
+        batch: dict[str, Any] = {"user_id": user_ids, "events": {}, "event_mask": {}, "event_category": {}}
         if self.cutoff is not None:
             batch["event_age"] = {}
+        if self.future:
+            batch["future"] = {m: self._future_events(pieces, m) for m in self.event_modalities}
+            if self.future_negatives:
+                batch["vocab_sample"] = self._vocab_sample(self._served)
         for m in self.event_modalities:
             ev, mask = pad_events(pieces.column(f"ev_{m}"), self.vectors[m], self.caps[m])
             batch["events"][m] = torch.from_numpy(ev)
             batch["event_mask"][m] = torch.from_numpy(mask)
+            batch["event_category"][m] = torch.from_numpy(
+                pad_categories(pieces.column(f"cat_{m}"), self.caps[m])
+            )
             if self.cutoff is not None:
                 ages = pad_event_ages(pieces.column(f"ts_{m}"), self.cutoff, self.caps[m])
                 batch["event_age"][m] = torch.from_numpy(ages)
@@ -299,6 +331,10 @@ class UserStreamDataset(IterableDataset):
                 queries.append(qs[i])
                 answers.append(ans[i])
             batch["query"], batch["answer"] = queries, answers
+            batch["qa_source"] = [
+                src[choose_pair(self.seed, self.epoch, u, len(src))]
+                for u, src in zip(user_ids, pieces.column("qa_source").to_pylist())
+            ]
             batch["query_ids"], batch["query_mask"] = self._tokenize_queries(queries)
             ids, cut = self._token_ids(answers, self.max_answer_tokens, eos=self.answer_eos)
             batch["answer_ids"], batch["answer_mask"] = self._padded(ids)
@@ -311,6 +347,54 @@ class UserStreamDataset(IterableDataset):
             batch["query_ids"], batch["query_mask"] = self._tokenize_queries(queries)
             batch["label"] = torch.from_numpy(np.concatenate(labels)[perm])
         return batch
+
+    def _future_events(self, pieces: pa.Table, m: str) -> dict[str, torch.Tensor]:
+        """Modality ``m``'s future-window events: vocabulary ids (-1 unknown), days after the cutoff,
+        category keys and the mask, [B, F] each (F: the batch's longest future)."""
+        ids, mask = pad_ragged(pieces.column(f"fut_ev_{m}"), -1, np.int64)
+        ts, _ = pad_ragged(pieces.column(f"fut_ts_{m}"), 0, np.int64)
+        cats = pad_categories(pieces.column(f"fut_cat_{m}"), None)
+        age = np.where(mask, (ts - self.cutoff) / 86_400_000.0, 0.0).astype(np.float32)
+        out = {"ids": torch.from_numpy(ids), "age": torch.from_numpy(age),
+               "category": torch.from_numpy(cats), "mask": torch.from_numpy(mask)}  # fmt: skip
+        if self.future_negatives:
+            known = np.clip(ids, 0, None)
+            out["vectors"] = torch.from_numpy(
+                np.asarray(self.vectors[m][known.ravel()]).reshape(*ids.shape, -1)
+            )
+            out["logq"] = torch.from_numpy(self.log_share[m][known])
+        return out
+
+    @property
+    def log_share(self) -> dict[str, np.ndarray]:
+        """Per modality, log of each vocabulary entry's share of the history events (its logQ)."""
+        if self._log_share is None:
+            import polars as pl
+
+            self._log_share = {}
+            for m in self.event_modalities:
+                counts = pl.read_parquet(
+                    Path(self.root) / "vocab" / f"{m}.parquet", columns=["id", "count"]
+                ).sort("id")
+                c = counts["count"].to_numpy().astype(np.float64)
+                self._log_share[m] = np.log(c / c.sum()).astype(np.float32)
+        return self._log_share
+
+    def _vocab_sample(self, batch_index: int) -> dict[str, dict[str, torch.Tensor]]:
+        """``future_negatives`` uniform vocabulary entries per modality, drawn from (seed, epoch,
+        batch index) only: every rank and every resume draws the same. Their category is unknown
+        (the vocabulary is by text), so they get the "none" category; logQ = log(1 / size)."""
+        rng = np.random.default_rng(
+            stable_hash64(f"vocab-sample:{self.seed}:{self.epoch}:{batch_index}", "little")
+        )
+        out = {}
+        for m in self.event_modalities:
+            size = len(self.vectors[m])
+            ids = rng.integers(0, size, self.future_negatives)
+            out[m] = {"vectors": torch.from_numpy(np.asarray(self.vectors[m][ids])),
+                      "category": torch.zeros(len(ids), dtype=torch.int64),
+                      "logq": torch.full((len(ids),), -float(np.log(size)))}  # fmt: skip
+        return out
 
     def _token_ids(self, texts: list[str], max_len: int, *, eos: bool) -> tuple[list[list[int]], list[bool]]:
         """Token ids cut to ``max_len`` (EOS included when asked), and which texts were cut."""

@@ -38,6 +38,9 @@ from data_modules.etl.scenarios import load_scenarios
 from data_modules.util.atomic import atomic_dir, atomic_path, write_json
 from data_modules.util.errors import DataError
 from qanchor_pl.config import EvaluateConfig
+from qanchor_pl.eval import label_efficiency as lab
+from qanchor_pl.eval.label_efficiency import draw_train
+from qanchor_pl.eval.plots import complementarity_png, label_efficiency_png, png_to_array
 from qanchor_pl.eval.probe import probe
 from qanchor_pl.eval.significance import bootstrap_avg_auc, paired_delta
 from qanchor_pl.eval.writeback import write_back
@@ -92,10 +95,12 @@ def evaluate_features(
     split: str = "test",
     val_seed: int = 0,
     jobs: int | None = None,
+    draw: tuple[float, int] | None = None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, tuple[np.ndarray, np.ndarray]]]:
     """Probe every scenario. ``features``: scenario -> (user ids, matrix) or one shared (ids, matrix).
     Returns (scenario -> {auc, ks, probe_c, users}, scenario -> (scores, labels) of the scored part).
 
+    ``draw`` = (fraction, index): fit on that label-efficiency draw of the train users only.
     Scenarios are probed ``jobs`` at a time (threads; default: the CPU count, at most 4), each with
     one math-library thread, so the figures do not depend on ``jobs`` or the machine's cores."""
     from concurrent.futures import ThreadPoolExecutor
@@ -105,7 +110,9 @@ def evaluate_features(
     jobs = jobs or min(4, os.cpu_count() or 1)
     with threadpool_limits(limits=1), ThreadPoolExecutor(max_workers=jobs) as pool:
         done = list(
-            pool.map(lambda name: _probe_scenario(features, data, name, probe_c, split, val_seed), scenarios)
+            pool.map(
+                lambda name: _probe_scenario(features, data, name, probe_c, split, val_seed, draw), scenarios
+            )
         )
     metrics = {name: m for name, (m, _) in zip(scenarios, done)}
     curves = {name: c for name, (_, c) in zip(scenarios, done) if c is not None}
@@ -113,12 +120,20 @@ def evaluate_features(
 
 
 def _probe_scenario(
-    features: dict[str, Any], data: Path, name: str, probe_c: float | str, split: str, val_seed: int
+    features: dict[str, Any],
+    data: Path,
+    name: str,
+    probe_c: float | str,
+    split: str,
+    val_seed: int,
+    draw: tuple[float, int] | None = None,
 ) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray] | None]:
     """One scenario's cell: (metrics, (scores, labels) or None when AUC is undefined)."""
     ids, mat = features[name] if name in features else features["*"]
     row = {u: i for i, u in enumerate(ids)}
     bench = split_benchmark(benchmark(data, name), split, val_seed)
+    if draw is not None:
+        bench = draw_train(bench, draw[0], draw[1], name)
     missing = [u for u in bench["user_id"].to_list() if u not in row]
     if missing:
         raise ValueError(
@@ -164,6 +179,39 @@ def embedding_features(folder: Path) -> dict[str, tuple[list[str], np.ndarray]]:
         keep = scen == name
         out[str(name)] = (users[keep].tolist(), emb[keep])
     return out
+
+
+def concatenated_features(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, tuple[list[str], Any]]:
+    """Per scenario, ``base``'s and ``extra``'s columns side by side for ``extra``'s users (in
+    ``extra``'s order). Either may be one shared matrix (key "*") or one per scenario."""
+    from scipy import sparse as sp
+
+    def of(feats: dict[str, Any], name: str) -> tuple[list[str], Any]:
+        return feats[name] if name in feats else feats["*"]
+
+    out = {}
+    for name in [k for k in extra if k != "*"] or ["*"]:
+        ids, mat = of(extra, name)
+        base_ids, base_mat = of(base, name)
+        where = {u: i for i, u in enumerate(base_ids)}
+        missing = [u for u in ids if u not in where]
+        if missing:
+            raise ValueError(
+                f"scenario '{name}': {len(missing)} users have no baseline features (e.g. {missing[:3]})"
+            )
+        rows = base_mat[np.array([where[u] for u in ids], dtype=np.int64)]
+        if sp.issparse(rows):
+            rows = rows.toarray()
+        out[name] = (
+            list(ids),
+            np.concatenate([np.asarray(rows, dtype=np.float32), mat.astype(np.float32)], 1),
+        )
+    return out
+
+
+def complement_name(baseline: str, row: str) -> str:
+    """The table row of ``baseline``'s features beside embedding ``row``."""
+    return f"[{baseline} ; {row}]"
 
 
 def _profiles(data: Path, manifest: Manifest) -> pl.DataFrame:
@@ -379,6 +427,7 @@ def log_tensorboard(
     projector: tuple | None,
     rows: dict[str, dict[str, Any]] | None = None,
     hparams: dict[str, Any] | None = None,
+    images: dict[str, Path] | None = None,
 ) -> None:
     """ROC curves as scalar series (x = FPR in 1/1000, y = TPR), an embedding projector sample and,
     per row, its Avg AUC/KS in the HPARAMS view. Written to a fresh folder that then replaces
@@ -386,7 +435,10 @@ def log_tensorboard(
     from torch.utils.tensorboard import SummaryWriter
 
     with atomic_dir(out / "tensorboard") as tmp:
-        _write_tensorboard(SummaryWriter(str(tmp)), curves, projector, rows, hparams)
+        writer = SummaryWriter(str(tmp))
+        for tag, path in (images or {}).items():  # the report's PNGs, as images
+            writer.add_image(tag, png_to_array(path), dataformats="HWC")
+        _write_tensorboard(writer, curves, projector, rows, hparams)
 
 
 def _write_tensorboard(
@@ -436,7 +488,11 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         raise DataError(
             data_dir / "scenarios.json", f"no scenario {unknown or 'chosen'}", expected=f"some of {known}"
         )
-    rows, curves, seconds = {}, {}, {}
+    rows, curves, seconds, feature_cache, efficiency = {}, {}, {}, {}, {}
+    if cfg.complement and cfg.complement not in BASELINES:
+        raise ValueError(f"complement: unknown baseline {cfg.complement!r}; known: {BASELINES}")
+    if cfg.complement and cfg.complement not in baselines:
+        baselines = (*baselines, cfg.complement)  # the row the complement rows are compared with
     for b in baselines:
         t0 = time.perf_counter()
         if b not in BASELINES:
@@ -447,8 +503,11 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         else:
             feats = {"mean-events": mean_event_features, "category-counts": category_count_features,
                      "event-counts": event_count_features, "time-windows": time_window_features}[b](data_dir)  # fmt: skip
+        if b == cfg.complement:
+            feature_cache[b] = feats
         metrics, curves[b] = evaluate_features(feats, data_dir, chosen, probe_c, split, val_seed)
         rows[b] = with_average(metrics)
+        efficiency[b] = _label_efficiency(cfg, feats, data_dir, chosen, probe_c, rows[b])
         seconds[b] = _timed(b, rows[b], split, t0)
     projector = None
     for i, folder in enumerate(embeddings):
@@ -457,11 +516,21 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         feats = embedding_features(Path(folder))
         metrics, curves[name] = evaluate_features(feats, data_dir, chosen, probe_c, split, val_seed)
         rows[name] = with_average(metrics)
+        if not _tuned_on_labels(Path(folder)):  # tuned prompts saw every train label: not in that table
+            efficiency[name] = _label_efficiency(cfg, feats, data_dir, chosen, probe_c, rows[name])
         seconds[name] = _timed(name, rows[name], split, t0)
         if rows[name]["Avg"]["auc"] is not None:  # into the training run's HPARAMS view
             write_back(Path(folder), name, split, rows[name]["Avg"]["auc"], rows[name]["Avg"]["ks"])
         if projector is None:
             projector = _projector_sample(feats, data_dir, chosen, projector_users)
+        if cfg.complement:
+            both = complement_name(cfg.complement, name)
+            t0 = time.perf_counter()
+            joined = concatenated_features(feature_cache[cfg.complement], feats)
+            metrics, curves[both] = evaluate_features(joined, data_dir, chosen, probe_c, split, val_seed)
+            rows[both] = with_average(metrics)
+            seconds[both] = _timed(both, rows[both], split, t0)
+            compare = [*compare, (both, cfg.complement)]
     boots = {name: bootstrap_avg_auc(curves[name], n_boot) for name in rows if curves[name]}
     for name, draws in boots.items():
         rows[name]["Avg"]["auc_se"] = float(np.std(draws))
@@ -472,16 +541,61 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
             raise ValueError(f"compare: no row named {sorted(unknown)}; rows: {sorted(curves)}")
         delta = paired_delta(curves[a], curves[b], boot_a=boots.get(a), boot_b=boots.get(b))
         comparisons.append({"a": a, "b": b, **delta})
+    complementarity = [
+        c for c in comparisons if cfg.complement and c["b"] == cfg.complement and c["a"].startswith("[")
+    ]
+    images = {}
+    extra_md = ""
+    if complementarity:
+        images["complementarity"] = complementarity_png(complementarity, out_dir / "complementarity.png")
+        extra_md += "\n" + complementarity_markdown(complementarity)
+    fractions = sorted(float(f) for f in cfg.label_fractions)
+    if fractions:
+        images["label_efficiency"] = label_efficiency_png(
+            efficiency, fractions, out_dir / "label_efficiency.png"
+        )
+        extra_md += "\n" + lab.markdown(efficiency, fractions)
     write_json(out_dir / "metrics.json",
                {"split": split, "scenarios": chosen, "rows": rows, "comparisons": comparisons,
+                "complementarity": complementarity, "label_efficiency": efficiency if fractions else {},
                 "seconds": seconds})  # fmt: skip
     with atomic_path(out_dir / "report.md") as tmp:
-        tmp.write_text(markdown(rows, chosen) + comparisons_markdown(comparisons))
-    log_tensorboard(out_dir, curves, projector, rows, {"split": split, "probe_c": str(probe_c)})
+        tmp.write_text(markdown(rows, chosen) + comparisons_markdown(comparisons) + extra_md)
+    log_tensorboard(out_dir, curves, projector, rows, {"split": split, "probe_c": str(probe_c)}, images)
     return {
         "out": str(out_dir),
         "rows": {n: {"auc": r["Avg"]["auc"], "ks": r["Avg"]["ks"]} for n, r in rows.items()},
     }
+
+
+def _label_efficiency(
+    cfg: EvaluateConfig, feats: dict, data: Path, scenarios: list[str], probe_c: float | str, full: dict
+) -> dict[str, dict]:
+    """One row's label-efficiency cells: fraction -> mean Avg AUC over draws; "1.0" = the full table."""
+    cells: dict[str, dict] = {"1.0": {"auc": full["Avg"]["auc"], "sd": 0.0, "draws": [full["Avg"]["auc"]]}}
+    for f in cfg.label_fractions:
+        per_draw = [evaluate_features(feats, data, scenarios, probe_c, cfg.split, cfg.val_seed, draw=(float(f), d))[0]
+                    for d in range(cfg.label_draws)]  # fmt: skip
+        cells[str(float(f))] = lab.average_over_draws(per_draw)
+    return cells
+
+
+def _tuned_on_labels(folder: Path) -> bool:
+    """Whether an embedding folder was made with prompts tuned on the benchmark's train labels."""
+    import json
+
+    manifest = folder / "manifest.json"
+    return manifest.exists() and bool(json.loads(manifest.read_text()).get("job", {}).get("prompts"))
+
+
+def complementarity_markdown(items: list[dict[str, Any]]) -> str:
+    """Baseline alone vs the baseline beside each embedding, same probe, paired interval."""
+    lines = ["**Complementarity** (the baseline's features beside the embedding vs the baseline alone; "
+             "same probe, paired bootstrap 95 % interval)", "",
+             "| Baseline + embedding | Baseline | Difference | 95% interval |", "|---|---|---|---|"]  # fmt: skip
+    for c in items:
+        lines.append(f"| {c['a']} | {c['b']} | {c['delta']:+.4f} | [{c['lo']:+.4f}, {c['hi']:+.4f}] |")
+    return "\n".join(lines) + "\n"
 
 
 def _timed(name: str, row: dict[str, Any], split: str, t0: float) -> float:

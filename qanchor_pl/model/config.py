@@ -8,6 +8,9 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+POOLINGS = ("mean", "pna")
+
+
 @dataclass(frozen=True)
 class TinyBackbone:
     """Shape of the small random Qwen2 built when ``backbone: tiny`` (CPU demos and tests).
@@ -55,6 +58,14 @@ class DataInputs:
     event_dims: dict[str, int] = field(default_factory=dict)  # text-encoder size per modality
     tabular_dim: int = 0  # 0 = no tabular modality
     encoder: str = ""  # content hash of the text encoder that made the event vectors ("" = unknown)
+    # event modality -> category names of the pretraining data (count token, future anchor)
+    categories: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # event modality -> mean log(1 + kept events) on the pretraining data (count-aware pooling)
+    log_count_mean: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "categories", {m: tuple(c) for m, c in (self.categories or {}).items()})
+        object.__setattr__(self, "log_count_mean", dict(self.log_count_mean or {}))
 
 
 @dataclass(frozen=True)
@@ -84,6 +95,12 @@ class ModelSpec:
     event_time: bool = False
     # Embed each modality's event count into its token (the mean pooling is blind to it).
     event_counts: bool = False
+    # How a modality token pools its event tokens: "mean" (the paper's; blind to the count) or "pna"
+    # (mean, mean x s and mean / s side by side, s = log(1+n) / delta: PNA's scalers, which survive
+    # the adapter's LayerNorm because they change the blocks' relative size).
+    pooling: str = "mean"
+    # One more prefix token: a linear map of log(1 + count) per (modality, category) and modality.
+    count_token: bool = False
 
     @classmethod
     def from_any(cls, value: Any) -> ModelSpec:
@@ -116,10 +133,13 @@ class QAnchorConfig(ModelSpec):
             object.__setattr__(self, "embedding", "head")
         if self.embedding not in ("head", "hidden"):
             raise ValueError(f"embedding must be 'head' or 'hidden', got {self.embedding!r}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["inputs"]["modalities"] = list(self.inputs.modalities)
+        d["inputs"]["categories"] = {m: list(c) for m, c in self.inputs.categories.items()}
         if self.lora is not None:
             d["lora"]["target_modules"] = list(self.lora.target_modules)
         return d

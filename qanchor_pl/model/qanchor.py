@@ -79,6 +79,10 @@ class QAnchorModel(nn.Module):
             config.adapter_hidden or hidden,
             event_time=config.event_time,
             event_counts=config.event_counts,
+            pooling=config.pooling,
+            log_count_mean=inputs.log_count_mean,
+            categories=inputs.categories,
+            count_token=config.count_token,
         )
         names = [USER_EMB]
         if config.user_marker:
@@ -110,14 +114,17 @@ class QAnchorModel(nn.Module):
 
     def user_tokens(self, batch: dict[str, Any]) -> UserTokens:
         return self.user_encoder(
-            batch["events"], batch["event_mask"], batch.get("tabular"), batch.get("event_age")
-        )
+            batch["events"], batch["event_mask"], batch.get("tabular"), batch.get("event_age"),
+            batch.get("event_category"),
+        )  # fmt: skip
 
     def user_summary(self, tok: UserTokens) -> torch.Tensor | None:
-        """The residual path's input (mean of the modality tokens), or None without that path."""
+        """The residual path's input (mean of the modality tokens and the count token), or None
+        without that path."""
         if self.residual is None:
             return None
-        return torch.stack(list(tok.modality.values()), 0).mean(0)
+        tokens = list(tok.modality.values()) + ([tok.counts] if tok.counts is not None else [])
+        return torch.stack(tokens, 0).mean(0)
 
     def project_user(self, hidden: torch.Tensor, summary: torch.Tensor | None) -> torch.Tensor:
         """``<USER_EMB>`` hidden states [B, H] (+ the residual path) -> user embeddings u [B, E]."""
@@ -136,6 +143,8 @@ class QAnchorModel(nn.Module):
         if self.config.user_marker:
             pieces.append(self._special(USER_MARKER, b, tok.user))
         pieces.append(Piece(tok.user.unsqueeze(1), one, Role.PREFIX))
+        if tok.counts is not None:
+            pieces.append(Piece(tok.counts.unsqueeze(1), one, Role.PREFIX))
         for name in self.user_encoder.token_names:
             start, end = modality_markers(name)
             if self.config.modality_markers:

@@ -10,6 +10,9 @@ With ``event_time``, each event token also gets a learned embedding of its age b
 With ``event_counts``, each modality token also gets a learned embedding of how many events it
 pools: the masked mean and the LayerNorm in front of every adapter are blind to the count, which
 is the strongest single statistic of activity (log counts per category beat mean event vectors).
+With ``pooling="pna"`` the modality adapter reads [mean ; mean x s ; mean / s], s = log(1+n)/delta
+(PNA's scalers; delta = mean log(1+n) on the pretraining data), and with ``count_token`` a linear
+map of the user's log(1 + count) per (modality, category) and per modality is one more token.
 """
 
 from __future__ import annotations
@@ -60,6 +63,14 @@ def closed_embedding(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
     return net
 
 
+def pna_pool(x: torch.Tensor, mask: torch.Tensor, delta: float) -> torch.Tensor:
+    """[mean ; mean x s ; mean / s] over dim 1, s = log(1 + n) / delta (n events of each user):
+    [B, 3H]. A user with no events gets zeros (its mean is zero)."""
+    mean = masked_mean(x, mask)
+    s = (torch.log1p(mask.to(x.dtype).sum(1, keepdim=True)) / max(delta, 1e-6)).to(x.dtype)
+    return torch.cat([mean, mean * s, mean / s.clamp(min=1e-3)], -1)
+
+
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over dim 1 of ``x`` [B, K, H] where ``mask`` [B, K]; zeros for a user with no events."""
     w = mask.to(x.dtype).unsqueeze(-1)
@@ -74,6 +85,7 @@ class UserTokens:
     modality: dict[str, torch.Tensor]  # name -> [B, H] (event modalities, then "tabular" if any)
     events: dict[str, torch.Tensor]  # event modality -> [B, K, H]
     event_mask: dict[str, torch.Tensor]  # event modality -> [B, K] bool
+    counts: torch.Tensor | None = None  # [B, H] the count token (``count_token``), else None
 
 
 class HierarchicalUserEncoder(nn.Module):
@@ -86,6 +98,11 @@ class HierarchicalUserEncoder(nn.Module):
         adapter_hidden: inner width of the adapters.
         event_time: add a learned embedding of each event's age (needs ``event_age`` in forward).
         event_counts: add a learned embedding of each modality's event count to its token.
+        pooling: "mean" or "pna" (count-aware; needs ``log_count_mean``).
+        log_count_mean: per modality, PNA's delta (mean log(1 + n) on the pretraining data).
+        categories: the model's categories per modality: with ``count_token``, a token made of the
+            user's log counts per (modality, category) (needs ``event_category`` in forward).
+        count_token: add that token.
     """
 
     def __init__(
@@ -96,16 +113,29 @@ class HierarchicalUserEncoder(nn.Module):
         adapter_hidden: int,
         event_time: bool = False,
         event_counts: bool = False,
+        pooling: str = "mean",
+        log_count_mean: dict[str, float] | None = None,
+        categories: dict[str, tuple[str, ...]] | None = None,
+        count_token: bool = False,
     ):
         super().__init__()
+        from qanchor_pl.model.categories import CategoryIndex
+
         self.modalities = list(event_dims)
+        self.pooling = pooling
+        self.log_count_mean = {m: float((log_count_mean or {}).get(m, 1.0)) for m in self.modalities}
+        self.category_index = CategoryIndex({m: (categories or {}).get(m, ()) for m in self.modalities})
         self.event_adapters = nn.ModuleDict(
             {m: adapter(d, adapter_hidden, hidden_size) for m, d in event_dims.items()}
         )
         # Shared by the modalities, closed at init (see closed_embedding).
         self.time_embedding = closed_embedding(2, adapter_hidden, hidden_size) if event_time else None
         self.count_embedding = closed_embedding(2, adapter_hidden, hidden_size) if event_counts else None
-        self.modality_adapter = adapter(hidden_size, adapter_hidden, hidden_size)
+        pooled = 3 * hidden_size if pooling == "pna" else hidden_size
+        self.modality_adapter = adapter(pooled, adapter_hidden, hidden_size)
+        self.count_projection = (
+            nn.Linear(self.category_index.width(self.modalities), hidden_size) if count_token else None
+        )
         self.tabular_adapter = adapter(tabular_dim, adapter_hidden, hidden_size) if tabular_dim > 0 else None
         n_tokens = len(self.modalities) + (1 if tabular_dim > 0 else 0)
         self.user_adapter = adapter(n_tokens * hidden_size, adapter_hidden, hidden_size)
@@ -121,6 +151,7 @@ class HierarchicalUserEncoder(nn.Module):
         event_mask: dict[str, torch.Tensor],
         tabular: torch.Tensor | None,
         event_age: dict[str, torch.Tensor] | None = None,
+        event_category: dict[str, torch.Tensor] | None = None,
     ) -> UserTokens:
         dtype = self.modality_adapter[1].weight.dtype
         ev_tokens, masks, mdl = {}, {}, {}
@@ -135,7 +166,11 @@ class HierarchicalUserEncoder(nn.Module):
             if self.time_embedding is not None:
                 z = z + self.time_embedding(age_features(event_age[m].float()).to(dtype))
             ev_tokens[m], masks[m] = z, event_mask[m]
-            mdl[m] = self.modality_adapter(masked_mean(z, event_mask[m]))
+            if self.pooling == "pna":
+                pooled = pna_pool(z, event_mask[m], self.log_count_mean[m])
+            else:
+                pooled = masked_mean(z, event_mask[m])
+            mdl[m] = self.modality_adapter(pooled)
             if self.count_embedding is not None:
                 mdl[m] = mdl[m] + self.count_embedding(count_features(event_mask[m]).to(dtype))
         if self.tabular_adapter is not None:
@@ -143,4 +178,10 @@ class HierarchicalUserEncoder(nn.Module):
                 raise KeyError("the model has a tabular adapter but the batch has no 'tabular' tensor")
             mdl["tabular"] = self.tabular_adapter(tabular.to(dtype))
         user = self.user_adapter(torch.cat([mdl[m] for m in self.token_names], dim=-1))
-        return UserTokens(user=user, modality=mdl, events=ev_tokens, event_mask=masks)
+        counts = None
+        if self.count_projection is not None:
+            if event_category is None:
+                raise KeyError("the model has a count token but the batch has no 'event_category'")
+            logs = self.category_index.log_count_vector(self.modalities, event_category, event_mask)
+            counts = self.count_projection(logs.to(dtype))
+        return UserTokens(user=user, modality=mdl, events=ev_tokens, event_mask=masks, counts=counts)

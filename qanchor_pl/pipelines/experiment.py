@@ -51,6 +51,38 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
         "+ event ages and event counts",
         {"model.arch.event_time": True, "model.arch.event_counts": True},
     ),
+    # Issue 25: the embedding must carry future behaviour (pretraining data built with future events).
+    "future": ("+ future anchor (occurs within 7/14/30 days, every query)", {"model.future.weight": 1.0}),
+    "future-dq": (
+        "+ future anchor (occurs within 7/14/30 days, D_future query only)",
+        {"model.future.weight": 1.0, "model.future.queries": "future"},
+    ),
+    "future-dense": (
+        "+ dense all-action future anchor",
+        {"model.future.weight": 1.0, "model.future.form": "dense", "data.future_negatives": 64},
+    ),
+    "pna": ("+ count-aware pooling (PNA scalers)", {"model.arch.pooling": "pna"}),
+    "count-token": ("+ count token", {"model.arch.count_token": True}),
+    "reconstruction": ("+ count reconstruction", {"model.reconstruction_weight": 1.0}),
+    "counts-future": (
+        "+ PNA pooling, count token, future anchor, reconstruction",
+        {
+            "model.arch.pooling": "pna",
+            "model.arch.count_token": True,
+            "model.future.weight": 1.0,
+            "model.reconstruction_weight": 1.0,
+        },
+    ),  # fmt: skip
+    "counts-future-residual": (
+        "+ PNA pooling, count token, future anchor, reconstruction, residual path",
+        {
+            "model.arch.pooling": "pna",
+            "model.arch.count_token": True,
+            "model.future.weight": 1.0,
+            "model.reconstruction_weight": 1.0,
+            "model.arch.head_residual": True,
+        },
+    ),  # fmt: skip
     # The contrastive loss on the L2-normalised <USER_EMB> hidden state itself (no head): the NTP-only
     # model's hidden state beat the contrastive head's output on validation.
     "no-head": (
@@ -105,6 +137,11 @@ class ExperimentConfig:
     """event-text encoder: hash | minilm | a Hugging Face folder"""
     variants: str = "base,no-contrastive,no-ntp,no-margin,no-structural"
     """pretraining variants, comma-separated, base required"""
+    headline: str = "base"
+    """the variant that is prompt-tuned and heads the table (chosen on validation; must be one of
+    the variants); "w/o pretraining" tunes an untrained model of its architecture"""
+    label_fractions: list[float] = field(default_factory=lambda: [0.02, 0.05, 0.10, 0.25])
+    """label efficiency on the test table: fractions of the train users labelled ([]: none)"""
     baselines: str = "minilm,mean-events,category-counts,event-counts,time-windows"
     """own-input and text baselines, comma-separated"""
     profile_tokens: int = 256
@@ -134,7 +171,13 @@ class ExperimentConfig:
             raise ValueError(
                 f"variants {names}: every name must be one of {list(VARIANTS)}, and 'base' is required"
             )
+        if self.headline not in names:
+            raise ValueError(f"headline '{self.headline}' is not among the variants {names}")
         return names
+
+    def tuned_row(self) -> str:
+        """The prompt-tuned headline's table row."""
+        return TUNED if self.headline == "base" else f"Q-Anchor {VARIANTS[self.headline][0]} (prompt-tuned)"
 
 
 def status(msg: str) -> None:
@@ -247,6 +290,8 @@ def _data(cfg: ExperimentConfig, root: Path, split: TimeSplit) -> tuple[Path, Pa
                     raw=cfg.raw, out=str(data), cutoff=cutoff.isoformat() + "+00:00", timezone=cfg.timezone,
                     history_days=cfg.history_days, future_days=cfg.future_days, max_events=cfg.max_events,
                     modalities=cfg.modalities, split_seed=cfg.seed,
+                    # the future anchor's targets: pretraining data only, never the evaluation data
+                    future_events=data == pretrain_data,
                     # the pretraining build's benchmarks are never probed: no class check there
                     min_class_users=1 if data == eval_data else 0,
                 ))  # fmt: skip
@@ -302,7 +347,7 @@ def _pretrain(cfg: ExperimentConfig, root: Path, data: Path, name: str) -> Path:
 
 
 def _untrained(cfg: ExperimentConfig, root: Path, data: Path) -> Path:
-    """The base model as initialised, never trained: for "prompt tuning without pretraining"."""
+    """The headline's model as initialised, never trained: for "prompt tuning without pretraining"."""
     from data_modules.loading.datamodule import UserUDataModule
     from qanchor_pl.model.config import DataInputs
     from qanchor_pl.model.export import export_model
@@ -316,6 +361,9 @@ def _untrained(cfg: ExperimentConfig, root: Path, data: Path) -> Path:
 
         L.seed_everything(cfg.seed, verbose=False)
         model_args = yaml.safe_load(find_recipe(cfg.pretrain_recipe).read_text())["model"]
+        for key, value in VARIANTS[cfg.headline][1].items():  # the headline's architecture
+            if key.startswith("model.arch."):
+                model_args.setdefault("arch", {})[key.removeprefix("model.arch.")] = value
         inputs = DataInputs(**UserUDataModule(str(data)).model_inputs())
         export_model(PretrainModule(**model_args, inputs=inputs).model, export, overwrite=True)
     return export
@@ -353,12 +401,13 @@ def _embed(
     return out
 
 
-def comparisons(variants: list[str]) -> list[tuple[str, str]]:
+def comparisons(variants: list[str], tuned: str = TUNED) -> list[tuple[str, str]]:
     """(A, B) pairs: the report gives a paired-bootstrap interval of Avg AUC(A) - AUC(B)."""
     return [(BASE, "minilm"), (BASE, "mean-events"),
-            *((TUNED, b) for b in ("mean-events", "event-counts", "category-counts", "time-windows")),
-            (TUNED, BASE), (TUNED, UNPRETRAINED),
-            *((VARIANTS[v][0], BASE) for v in variants if v != "base")]  # fmt: skip
+            *((tuned, b) for b in ("mean-events", "event-counts", "category-counts", "time-windows")),
+            (tuned, BASE), (tuned, UNPRETRAINED),
+            *((VARIANTS[v][0], BASE) for v in variants if v != "base"),
+            *((VARIANTS[v][0], b) for v in variants if v != "base" for b in ("mean-events", "category-counts"))]  # fmt: skip
 
 
 def _named(metrics_file: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -368,6 +417,39 @@ def _named(metrics_file: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     named = [{**c, "a": BASELINE_ROWS.get(c["a"], c["a"]), "b": BASELINE_ROWS.get(c["b"], c["b"])}
              for c in metrics["comparisons"]]  # fmt: skip
     return rows, named
+
+
+def _renamed(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Comparisons with baseline keys turned into table rows (also inside "[key ; row]" names)."""
+
+    def name(x: str) -> str:
+        for key, row in BASELINE_ROWS.items():
+            x = x.replace(f"[{key} ;", f"[{row} ;") if x.startswith("[") else BASELINE_ROWS.get(x, x)
+        return x
+
+    return [{**c, "a": name(c["a"]), "b": name(c["b"])} for c in items]
+
+
+def _value_tables(root: Path, metrics: dict[str, Any], cfg: ExperimentConfig) -> str:
+    """The complementarity and label-efficiency tables of the test report (named rows), with their
+    PNG files copied beside the experiment's report.md."""
+    import shutil
+
+    from qanchor_pl.eval import label_efficiency as lab
+    from qanchor_pl.eval.evaluate import complementarity_markdown
+
+    out = ""
+    if metrics.get("complementarity"):
+        out += "\n" + complementarity_markdown(_renamed(metrics["complementarity"]))
+    if metrics.get("label_efficiency"):
+        named = {BASELINE_ROWS.get(k, k): v for k, v in metrics["label_efficiency"].items()}
+        out += "\n" + lab.markdown(named, sorted(float(f) for f in cfg.label_fractions))
+        out += ("(prompt-tuned rows are left out: their prompts were tuned on every train label, "
+                "so only a tuning rerun on each subset would be a fair cell)\n")  # fmt: skip
+    for png in ("complementarity.png", "label_efficiency.png"):
+        if (root / "report" / png).exists():
+            shutil.copyfile(root / "report" / png, root / png)
+    return out
 
 
 def validation_markdown(val_rows: dict[str, Any], test_rows: dict[str, Any]) -> str:
@@ -419,15 +501,18 @@ def _run(cfg: ExperimentConfig) -> dict[str, Any]:
     _qa_synth(cfg, pretrain_data)
     exports = {name: _pretrain(cfg, root, pretrain_data, name) for name in variants}
     untrained = _untrained(cfg, root, data)
-    tuned = _tune(cfg, root, data, exports["base"], "base")
+    head = cfg.headline
+    tuned = _tune(cfg, root, data, exports[head], head)
     tuned_untrained = _tune(cfg, root, data, untrained, "no-pretrain")
+    tuned_row = cfg.tuned_row()
     rows: dict[str, Path] = {BASE: _embed(cfg, root, data, exports["base"], "base", None),
-                             TUNED: _embed(cfg, root, data, exports["base"], "tuned", tuned)}  # fmt: skip
+                             tuned_row: _embed(cfg, root, data, exports[head], "tuned" if head == "base" else f"{head}-tuned", tuned)}  # fmt: skip
     for name in variants:
         if name != "base":
             rows[VARIANTS[name][0]] = _embed(cfg, root, data, exports[name], name, None)
     rows[UNPRETRAINED] = _embed(cfg, root, data, untrained, "no-pretrain-tuned", tuned_untrained)
-    pairs = [(a, b) for a, b in comparisons(variants) if b not in BASELINES or b in baselines]
+    pairs = [(a, b) for a, b in comparisons(variants, tuned_row) if b not in BASELINES or b in baselines]
+    complement = "category-counts" if "category-counts" in baselines else None
     probe_c = cfg.probe_c if cfg.probe_c == "cv" else float(cfg.probe_c)
     # Validation first (the figures choices are made on), then the test split, read for the table.
     for part, folder in (("validation", "validation"), ("test", "report")):
@@ -436,14 +521,20 @@ def _run(cfg: ExperimentConfig) -> dict[str, Any]:
                 embeddings=[str(p) for p in rows.values()], names=list(rows), data=str(data),
                 out=str(root / folder), baselines=",".join(baselines) or "none",
                 profile_tokens=cfg.profile_tokens, compare=pairs, probe_c=probe_c, split=part,
-                val_seed=cfg.seed, minilm_cache=str(root / "report")))  # fmt: skip
+                val_seed=cfg.seed, minilm_cache=str(root / "report"), complement=complement,
+                # label efficiency for the table adopters read (the test split), not for screening
+                label_fractions=list(cfg.label_fractions) if part == "test" else []))  # fmt: skip
     val_rows, val_compared = _named(root / "validation" / "metrics.json")
     table_rows, compared = _named(root / "report" / "metrics.json")
     metrics = json.loads((root / "report" / "metrics.json").read_text())
+    extras = _value_tables(root, metrics, cfg)
     table = (markdown(table_rows, metrics["scenarios"]) + "\n" + comparisons_markdown(compared) + "\n"
-             + validation_markdown(val_rows, table_rows))  # fmt: skip
+             + validation_markdown(val_rows, table_rows) + extras)  # fmt: skip
     total = round(time.perf_counter() - t0, 1)
     report = {"table": table_rows, "comparisons": compared, "scenarios": metrics["scenarios"],
+              "headline": {"variant": cfg.headline, "row": tuned_row},
+              "complementarity": _renamed(metrics.get("complementarity", [])),
+              "label_efficiency": {BASELINE_ROWS.get(k, k): v for k, v in metrics.get("label_efficiency", {}).items()},
               "validation": {"table": val_rows, "comparisons": val_compared},
               "time_split": {k: v.isoformat() for k, v in asdict(split).items()},
               "timings_s": cfg.timings, "total_s": total,

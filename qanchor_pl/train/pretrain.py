@@ -21,6 +21,7 @@ from torch import nn
 from data_modules.util.hashing import stable_hash64
 from qanchor_pl.model.config import DataInputs, ModelSpec, QAnchorConfig, coerce
 from qanchor_pl.model.qanchor import QAnchorModel
+from qanchor_pl.train.future import FutureHeads, FutureSpec
 from qanchor_pl.train.losses import anchored_infonce
 from qanchor_pl.train.optim import build_optimizer
 
@@ -72,6 +73,11 @@ class PretrainModule(L.LightningModule):
             ``hidden`` (an untrained head is noise).
         contrastive: anchored InfoNCE settings (see :class:`ContrastiveSpec`).
         ntp_weight: weight of the answer next-token loss; 0 = "w/o NTP" (no LM head is computed).
+        future: the future-behaviour anchor on u (see :class:`~qanchor_pl.train.future.FutureSpec`;
+            weight 0 = off, the paper's objective). Needs pretraining data built with
+            ``--future_events`` (and ``data.future_negatives`` for the dense form).
+        reconstruction_weight: weight of the decoder from u to the user's log counts per
+            (modality, category); 0 = off.
         lr, weight_decay, betas, warmup_steps, min_lr_ratio: AdamW with linear warmup then cosine
             decay to ``lr * min_lr_ratio`` at ``trainer.max_steps``.
         seed: seeds the per-step RNG (dropout).
@@ -83,6 +89,8 @@ class PretrainModule(L.LightningModule):
         arch: ModelSpec = ModelSpec(),
         contrastive: ContrastiveSpec = ContrastiveSpec(),
         ntp_weight: float = 1.0,
+        future: FutureSpec = FutureSpec(),
+        reconstruction_weight: float = 0.0,
         lr: float = 2e-4,
         weight_decay: float = 0.01,
         betas: tuple[float, float] = (0.9, 0.95),
@@ -98,14 +106,18 @@ class PretrainModule(L.LightningModule):
             if is_dataclass(value):
                 self.hparams[key] = plain(value)
         self.contrastive = coerce(ContrastiveSpec, contrastive)
-        if not self.contrastive.enabled and ntp_weight <= 0:
-            raise ValueError("both losses are off: enable contrastive or set ntp_weight > 0")
+        self.future_spec = coerce(FutureSpec, future)
+        self.anchors_u = self.future_spec.weight > 0 or reconstruction_weight > 0
+        if not self.contrastive.enabled and ntp_weight <= 0 and not self.anchors_u:
+            raise ValueError("every loss is off: enable contrastive, or set ntp_weight, future.weight "
+                             "or reconstruction_weight > 0")  # fmt: skip
         self.strict_loading = False  # checkpoints hold only the trainable weights
         self.log_temperature = nn.Parameter(
             torch.tensor(math.log(self.contrastive.temperature)),
             requires_grad=self.contrastive.learnable_temperature,
         )
         self.model: QAnchorModel | None = None
+        self.heads: FutureHeads | None = None
         self.step_counts: dict[str, float] = {}  # read by callbacks (throughput, sample audit)
         self.step_users: list[str] = []
         if inputs is not None:
@@ -115,11 +127,18 @@ class PretrainModule(L.LightningModule):
     def model_config(self, inputs: DataInputs) -> QAnchorConfig:
         arch = ModelSpec.from_any(self.hparams.arch)
         fields = arch.arch_fields()
-        fields["embedding"] = arch.embedding or ("head" if self.contrastive.enabled else "hidden")
+        trains_head = self.contrastive.enabled or self.anchors_u
+        fields["embedding"] = arch.embedding or ("head" if trains_head else "hidden")
         return QAnchorConfig(inputs=inputs, **fields)
 
     def _build(self, inputs: DataInputs) -> None:
         self.model = QAnchorModel(self.model_config(inputs))
+        if self.anchors_u:
+            with torch.random.fork_rng(devices=[]):  # the model's own init stays as without the heads
+                self.heads = FutureHeads(
+                    self.model.embedding_dim, self.model.user_encoder.category_index, list(inputs.modalities),
+                    dict(inputs.event_dims), self.future_spec, self.hparams.reconstruction_weight > 0,
+                )  # fmt: skip
         self.hparams["inputs"] = plain(inputs)  # so load_from_checkpoint rebuilds the same model
 
     def configure_model(self) -> None:
@@ -168,6 +187,14 @@ class PretrainModule(L.LightningModule):
         if use_ntp:
             loss = loss + self.hparams.ntp_weight * out.ntp_loss
             scalars["train/loss_ntp"] = out.ntp_loss.detach()
+        if self.future_spec.weight > 0:
+            loss_future = self.heads.future_loss(batch, out.u)
+            loss = loss + self.future_spec.weight * loss_future
+            scalars["train/loss_future"] = loss_future.detach()
+        if self.hparams.reconstruction_weight > 0:
+            loss_rec = self.heads.reconstruction_loss(batch, out.u)
+            loss = loss + self.hparams.reconstruction_weight * loss_rec
+            scalars["train/loss_reconstruction"] = loss_rec.detach()
         scalars["train/loss"] = loss.detach()
         if "answer_truncated" in batch:  # answers cut at max_answer_tokens: their NTP target is partial
             scalars["train/answer_truncated_frac"] = batch["answer_truncated"].float().mean()
