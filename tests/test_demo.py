@@ -12,11 +12,15 @@ from qanchor_pl.pipelines.demo import DemoConfig
 from tests.conftest import run_qanchor
 from tests.helpers.tb import scalars
 
-ROWS = ["General text embedding (MiniLM, profile text)", "Mean event vectors + tabular",
-        "Event counts per modality and category + tabular", "Reference: bag of events (log counts) + tabular",
-        "Reference: last 7/30/90 days (mean vectors + log counts) + tabular", "Q-Anchor (base)",
-        "Q-Anchor (prompt-tuned)", "w/o contrastive", "w/o NTP", "w/o margin filter", "w/o structural tokens",
-        "w/o pretraining (prompt-tuned)"]  # fmt: skip
+COUNTS = "Event counts per modality and category + tabular"
+HEADLINE = "+ PNA pooling, count token, future anchor, reconstruction"
+TUNED = f"Q-Anchor {HEADLINE} (prompt-tuned)"
+EMBEDDING_ROWS = ["Q-Anchor (base)", TUNED, "w/o contrastive", "w/o NTP", "w/o margin filter",
+                  "w/o structural tokens", HEADLINE, "w/o pretraining (prompt-tuned)"]  # fmt: skip
+ROWS = ["General text embedding (MiniLM, profile text)", "Mean event vectors + tabular", COUNTS,
+        "Reference: bag of events (log counts) + tabular",
+        "Reference: last 7/30/90 days (mean vectors + log counts) + tabular",
+        *(r for row in EMBEDDING_ROWS for r in (row, f"[{COUNTS} ; {row}]"))]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -32,13 +36,25 @@ def test_fast_demo_end_to_end(tmp_path):
     for row in report["table"].values():
         assert set(row) == {*report["scenarios"], "Avg"}
     pairs = {(c["a"], c["b"]) for c in report["comparisons"]}
-    assert ("Q-Anchor (base)", "Mean event vectors + tabular") in pairs and len(pairs) == 12
+    assert ("Q-Anchor (base)", "Mean event vectors + tabular") in pairs and (
+        TUNED,
+        "w/o pretraining (prompt-tuned)",
+    ) in pairs
+    assert (HEADLINE, COUNTS) in pairs and (HEADLINE, "Q-Anchor (base)") in pairs
     assert all(c["lo"] <= c["hi"] for c in report["comparisons"])
     md = (out / "report.md").read_text()
     # AUC and KS tables, and the validation-vs-test table
-    assert md.count("| Q-Anchor (prompt-tuned) | 0.") == 3 and "- total:" in md
+    assert md.count(f"| {TUNED} | 0.") == 3 and "- total:" in md
     assert list(report["validation"]["table"]) == ROWS
-    assert "| Q-Anchor (prompt-tuned) | Q-Anchor (base) | " in md  # ... and the paired differences
+    assert f"| {TUNED} | Q-Anchor (base) | " in md  # ... and the paired differences
+    # the value tables: every embedding row beside the counts, label efficiency (tuned rows left out)
+    assert [c["a"] for c in report["complementarity"]] == [f"[{COUNTS} ; {r}]" for r in EMBEDDING_ROWS]
+    assert all(c["b"] == COUNTS for c in report["complementarity"])
+    assert TUNED not in report["label_efficiency"] and set(report["label_efficiency"][HEADLINE]) == {
+        "0.02", "0.05", "0.1", "0.25", "1.0"}  # fmt: skip
+    assert "**Complementarity**" in md and "**Label efficiency**" in md
+    assert (out / "complementarity.png").stat().st_size > 1000 and (out / "label_efficiency.png").exists()
+    assert "train/loss_future" in scalars(out / "pretrain/counts-future/tensorboard/run")
     # one TensorBoard root, runs named by what they are
     for run in ("pretrain/base", "pretrain/no-ntp", "tune/base/Takeout", "tune/no-pretrain/Takeout"):
         version = "run-seed0" if run.startswith("tune/") else "run"  # tuning versions carry the seed
