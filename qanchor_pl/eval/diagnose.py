@@ -4,7 +4,7 @@ A linear probe (the evaluation's, trained on the benchmark's train users minus a
 scored on that validation part; the test split is never read) on the features of every stage:
 
 1. mean event features (each modality's mean event vector + tabular: the model's raw input);
-2. the modality tokens (the user encoder's output, concatenated);
+2. the modality tokens (the user encoder's output, concatenated; with the count token);
 3. the ``<USER_EMB>`` token's hidden state for the scenario's query (the head's input);
 4. ``u``: after the projection head and L2 normalisation (what ``qanchor embed`` writes);
 5. ``u`` with the scenario's tuned prompt (when ``--prompts`` is given).
@@ -33,11 +33,10 @@ STAGES = ("mean event features", "modality tokens", "USER_EMB hidden state", "u 
 def stage_features(model, batch: dict[str, Any], queries) -> dict[str, dict[str, np.ndarray]]:
     """stage -> scenario ("*" when the stage does not depend on it) -> [B, D] for one batch."""
     tok = model.user_tokens(batch)
-    out: dict[str, dict[str, np.ndarray]] = {
-        "modality tokens": {
-            "*": torch.cat([tok.modality[n] for n in model.user_encoder.token_names], -1).float().numpy()
-        }
-    }
+    tokens = [tok.modality[n] for n in model.user_encoder.token_names]
+    if tok.counts is not None:  # the count token is the encoder's output too
+        tokens.append(tok.counts)
+    out: dict[str, dict[str, np.ndarray]] = {"modality tokens": {"*": torch.cat(tokens, -1).float().numpy()}}
     b = len(batch["user_id"])
     for q in queries:
         ids = torch.tensor(q.ids, dtype=torch.long).expand(b, -1)

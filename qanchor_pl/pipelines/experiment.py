@@ -85,13 +85,23 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     ),  # fmt: skip
     "counts-future-light": (
         "+ PNA pooling, count token, future anchor, reconstruction; InfoNCE and NTP at 0.1",
-        {"model.arch.pooling": "pna", "model.arch.count_token": True, "model.future.weight": 1.0,
-         "model.reconstruction_weight": 1.0, "model.contrastive.weight": 0.1, "model.ntp_weight": 0.1},
+        {
+            "model.arch.pooling": "pna",
+            "model.arch.count_token": True,
+            "model.future.weight": 1.0,
+            "model.reconstruction_weight": 1.0,
+            "model.contrastive.weight": 0.1,
+            "model.ntp_weight": 0.1,
+        },
     ),  # fmt: skip
     "counts-future-x5": (
         "+ PNA pooling, count token, future anchor and reconstruction at weight 5",
-        {"model.arch.pooling": "pna", "model.arch.count_token": True, "model.future.weight": 5.0,
-         "model.reconstruction_weight": 5.0},
+        {
+            "model.arch.pooling": "pna",
+            "model.arch.count_token": True,
+            "model.future.weight": 5.0,
+            "model.reconstruction_weight": 5.0,
+        },
     ),  # fmt: skip
     # The contrastive loss on the L2-normalised <USER_EMB> hidden state itself (no head): the NTP-only
     # model's hidden state beat the contrastive head's output on validation.
