@@ -56,7 +56,7 @@ def test_fast_demo_end_to_end(tmp_path):
     assert (out / "complementarity.png").stat().st_size > 1000 and (out / "label_efficiency.png").exists()
     assert "train/loss_future" in scalars(out / "pretrain/counts-future/tensorboard/run")
     # one TensorBoard root, runs named by what they are
-    for run in ("pretrain/base", "pretrain/no-ntp", "tune/base/Takeout", "tune/no-pretrain/Takeout"):
+    for run in ("pretrain/base", "pretrain/no-ntp", "tune/counts-future/Takeout", "tune/no-pretrain/Takeout"):
         version = "run-seed0" if run.startswith("tune/") else "run"  # tuning versions carry the seed
         assert scalars(out / run / "tensorboard" / version)["train/loss"], run
     assert "train/loss_ntp" not in scalars(out / "pretrain/no-ntp/tensorboard/run")

@@ -433,21 +433,22 @@ def comparisons(variants: list[str], tuned: str = TUNED) -> list[tuple[str, str]
 def _named(metrics_file: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(rows, comparisons) of an evaluate output with baseline names turned into table rows."""
     metrics = json.loads(metrics_file.read_text())
-    rows = {BASELINE_ROWS.get(k, k): v for k, v in metrics["rows"].items()}
-    named = [{**c, "a": BASELINE_ROWS.get(c["a"], c["a"]), "b": BASELINE_ROWS.get(c["b"], c["b"])}
-             for c in metrics["comparisons"]]  # fmt: skip
+    rows = {row_name(k): v for k, v in metrics["rows"].items()}
+    named = _renamed(metrics["comparisons"])
     return rows, named
 
 
+def row_name(key: str) -> str:
+    """A report key as its table row: baseline keys named, also inside "[key ; row]"."""
+    if key.startswith("["):
+        base, _, rest = key[1:].partition(" ; ")
+        return f"[{BASELINE_ROWS.get(base, base)} ; {rest}"
+    return BASELINE_ROWS.get(key, key)
+
+
 def _renamed(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Comparisons with baseline keys turned into table rows (also inside "[key ; row]" names)."""
-
-    def name(x: str) -> str:
-        for key, row in BASELINE_ROWS.items():
-            x = x.replace(f"[{key} ;", f"[{row} ;") if x.startswith("[") else BASELINE_ROWS.get(x, x)
-        return x
-
-    return [{**c, "a": name(c["a"]), "b": name(c["b"])} for c in items]
+    """Comparisons with their rows named (:func:`row_name`)."""
+    return [{**c, "a": row_name(c["a"]), "b": row_name(c["b"])} for c in items]
 
 
 def _value_tables(root: Path, metrics: dict[str, Any], cfg: ExperimentConfig) -> str:
@@ -462,7 +463,7 @@ def _value_tables(root: Path, metrics: dict[str, Any], cfg: ExperimentConfig) ->
     if metrics.get("complementarity"):
         out += "\n" + complementarity_markdown(_renamed(metrics["complementarity"]))
     if metrics.get("label_efficiency"):
-        named = {BASELINE_ROWS.get(k, k): v for k, v in metrics["label_efficiency"].items()}
+        named = {row_name(k): v for k, v in metrics["label_efficiency"].items()}
         out += "\n" + lab.markdown(named, sorted(float(f) for f in cfg.label_fractions))
         out += ("(prompt-tuned rows are left out: their prompts were tuned on every train label, "
                 "so only a tuning rerun on each subset would be a fair cell)\n")  # fmt: skip
@@ -554,7 +555,7 @@ def _run(cfg: ExperimentConfig) -> dict[str, Any]:
     report = {"table": table_rows, "comparisons": compared, "scenarios": metrics["scenarios"],
               "headline": {"variant": cfg.headline, "row": tuned_row},
               "complementarity": _renamed(metrics.get("complementarity", [])),
-              "label_efficiency": {BASELINE_ROWS.get(k, k): v for k, v in metrics.get("label_efficiency", {}).items()},
+              "label_efficiency": {row_name(k): v for k, v in metrics.get("label_efficiency", {}).items()},
               "validation": {"table": val_rows, "comparisons": val_compared},
               "time_split": {k: v.isoformat() for k, v in asdict(split).items()},
               "timings_s": cfg.timings, "total_s": total,
