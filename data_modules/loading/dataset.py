@@ -323,18 +323,14 @@ class UserStreamDataset(IterableDataset):
             tab.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(user_ids), width)
         )
         if self.mode == "qa":
-            queries, answers = [], []
-            for u, qs, ans in zip(
-                user_ids, pieces.column("qa_query").to_pylist(), pieces.column("qa_answer").to_pylist()
-            ):
-                i = choose_pair(self.seed, self.epoch, u, len(qs))
+            queries, answers, sources = [], [], []
+            columns = (pieces.column(c).to_pylist() for c in ("qa_query", "qa_answer", "qa_source"))
+            for u, qs, ans, src in zip(user_ids, *columns):
+                i = choose_pair(self.seed, self.epoch, u, len(qs))  # one draw picks the whole pair
                 queries.append(qs[i])
                 answers.append(ans[i])
-            batch["query"], batch["answer"] = queries, answers
-            batch["qa_source"] = [
-                src[choose_pair(self.seed, self.epoch, u, len(src))]
-                for u, src in zip(user_ids, pieces.column("qa_source").to_pylist())
-            ]
+                sources.append(src[i])
+            batch["query"], batch["answer"], batch["qa_source"] = queries, answers, sources
             batch["query_ids"], batch["query_mask"] = self._tokenize_queries(queries)
             ids, cut = self._token_ids(answers, self.max_answer_tokens, eos=self.answer_eos)
             batch["answer_ids"], batch["answer_mask"] = self._padded(ids)
