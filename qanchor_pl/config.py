@@ -86,6 +86,9 @@ class EvaluateConfig:
     [0.02, 0.05, 0.1, 0.25] (a table, label_efficiency.png and a TensorBoard image)"""
     label_draws: int = 3
     """draws per fraction (the same draws for every row)"""
+    feature_cache: str | None = None
+    """folder caching the baselines' features between evaluations of the same users (keyed by
+    the data's non-benchmark files: valid across splits, seeds and validation/test)"""
 
 
 @dataclass

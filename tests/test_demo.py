@@ -13,7 +13,7 @@ from tests.conftest import run_qanchor
 from tests.helpers.tb import scalars
 
 COUNTS = "Event counts per modality and category + tabular"
-HEADLINE = "+ PNA pooling, count token, future anchor, reconstruction"
+HEADLINE = "+ PNA pooling, count token, future anchor and reconstruction at weight 5"
 TUNED = f"Q-Anchor {HEADLINE} (prompt-tuned)"
 EMBEDDING_ROWS = ["Q-Anchor (base)", TUNED, "w/o contrastive", "w/o NTP", "w/o margin filter",
                   "w/o structural tokens", HEADLINE, "w/o pretraining (prompt-tuned)"]  # fmt: skip
@@ -54,9 +54,14 @@ def test_fast_demo_end_to_end(tmp_path):
         "0.02", "0.05", "0.1", "0.25", "1.0"}  # fmt: skip
     assert "**Complementarity**" in md and "**Label efficiency**" in md
     assert (out / "complementarity.png").stat().st_size > 1000 and (out / "label_efficiency.png").exists()
-    assert "train/loss_future" in scalars(out / "pretrain/counts-future/tensorboard/run")
+    assert "train/loss_future" in scalars(out / "pretrain/counts-future-x5/tensorboard/run")
     # one TensorBoard root, runs named by what they are
-    for run in ("pretrain/base", "pretrain/no-ntp", "tune/counts-future/Takeout", "tune/no-pretrain/Takeout"):
+    for run in (
+        "pretrain/base",
+        "pretrain/no-ntp",
+        "tune/counts-future-x5/Takeout",
+        "tune/no-pretrain/Takeout",
+    ):
         version = "run-seed0" if run.startswith("tune/") else "run"  # tuning versions carry the seed
         assert scalars(out / run / "tensorboard" / version)["train/loss"], run
     assert "train/loss_ntp" not in scalars(out / "pretrain/no-ntp/tensorboard/run")
@@ -68,6 +73,11 @@ def test_fast_demo_end_to_end(tmp_path):
     for run in ("pretrain/base", "pretrain/no-structural"):
         config = yaml.safe_load((out / run / "tensorboard" / "run" / "config.yaml").read_text())
         assert config["data"]["data"] == str(out / "data-pretrain"), run
+    # the baselines' features were cached once for both evaluations (validation, test)
+    cached = sorted(p.parent.name.rsplit("-", 1)[0] for p in (out / "features").glob("*/index.json"))
+    assert cached == sorted(
+        ["minilm-256tok", "mean-events", "category-counts", "event-counts", "time-windows"]
+    )
     again = run_qanchor("demo", "--fast", "--out", str(out), timeout=1800)  # every stage is found done
     assert "pretrain base ..." not in again.stderr
 

@@ -240,3 +240,22 @@ def test_probing_scenarios_in_parallel_gives_the_figures_of_one_at_a_time(built)
     assert one[0] == three[0] and len(one[0]) == len(scenarios)
     for name in one[1]:
         np.testing.assert_array_equal(one[1][name][0], three[1][name][0])
+
+
+def test_scenarios_with_the_same_train_users_share_one_prepared_input_and_its_figures(built):
+    from qanchor_pl.eval.evaluate import SharedInputs, _probe_scenario, benchmark, split_benchmark
+
+    scenarios = [s.name for s in load_scenarios(built / "scenarios.json")]
+    feats = time_window_features(built)  # wide: the rotation runs
+    assert feats["*"][1].shape[1] > 300
+    shared = SharedInputs()
+    for split in ("test", "validation"):
+        for name in scenarios:
+            alone = _probe_scenario(feats, built, name, "cv", split, 0)
+            together = _probe_scenario(feats, built, name, "cv", split, 0, shared=shared)
+            assert alone[0] == together[0]
+            if alone[1] is not None:
+                np.testing.assert_array_equal(alone[1][0], together[1][0])
+    trains = {tuple(sorted(split_benchmark(benchmark(built, n), s).filter(pl.col("split") == "train")["user_id"]))
+              for n in scenarios for s in ("test", "validation")}  # fmt: skip
+    assert len(shared._done) == len(trains) < 2 * len(scenarios)  # one preparation per train set

@@ -109,6 +109,8 @@ def test_seeds_run_whole_experiments_and_summarise_them(other_raw, tmp_path):
     assert cmp["deltas"] == [next(c["delta"] for c in r["comparisons"] if (c["a"], c["b"]) == (cmp["a"], cmp["b"]))
                              for r in reports]  # fmt: skip
     assert len(cmp["deltas"]) == 2 and cmp["above_0"] + cmp["below_0"] <= 2
+    # the seeds' splits differ, their histories do not: one cached copy of the baseline's features
+    assert len(list((out / "features").glob("mean-events-*/index.json"))) == 1
     md = (out / "seeds.md").read_text()
     assert "2 seeds (5, 6)" in md and "| Q-Anchor (prompt-tuned) | 0." in md
 

@@ -62,31 +62,47 @@ def row_span_rotation(x_train: Any) -> Callable[[Any], np.ndarray] | None:
     return lambda a: a @ basis
 
 
+def prepare(x_train: Any) -> tuple[Any, Callable[[Any], Any]]:
+    """The probe's input map, fitted on the train rows: standardisation, then the row-span
+    rotation when it saves columns. Returns (the mapped train rows, the map for other rows).
+    Scenarios that share their train users share it (:func:`probe`'s ``prepared``): on a wide
+    baseline the rotation is most of a scenario's cost."""
+    from sklearn.preprocessing import StandardScaler
+
+    # Sparse inputs are scaled without centring (which would densify them); with the probe's
+    # unpenalised intercept that is the same fit.
+    scaler = StandardScaler(with_mean=not sparse.issparse(x_train)).fit(x_train)
+    scaled = scaler.transform(x_train)
+    rotate = row_span_rotation(scaled)
+    if rotate is None:
+        return scaled, scaler.transform
+    return rotate(scaled), lambda a: rotate(scaler.transform(a))
+
+
 def probe(
-    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, seed: int = 0, c: float | str = 1.0
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    seed: int = 0,
+    c: float | str = 1.0,
+    prepared: tuple[Any, Callable[[Any], Any]] | None = None,
 ) -> tuple[np.ndarray, float]:
     """Positive-class scores of a standardised logistic regression fitted on the train split, and its C.
 
     ``c="cv"``: C chosen from ``PROBE_CS`` by 3-fold stratified cross-validation (ROC AUC) on the
     train split only, for every row alike (a fixed C = 1 under-regularises wide features, i.e. the
     baselines); with fewer than 3 users of a class in train it falls back to C = 1 (logged). A
-    number fixes C."""
+    number fixes C. ``prepared``: :func:`prepare` of these very train rows, computed before."""
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
     from sklearn.model_selection import StratifiedKFold
-    from sklearn.preprocessing import StandardScaler
 
     if len(np.unique(y_train)) < 2:
         raise ValueError("the train split has a single class; the probe cannot be fitted")
     if c == "cv" and np.bincount(y_train.astype(np.int64)).min() < 3:
         log.warning("probe: fewer than 3 users of a class in train; C = 1 without cross-validation")
         c = 1.0
-    # Sparse inputs are scaled without centring (which would densify them); with the probe's
-    # unpenalised intercept that is the same fit.
-    scaler = StandardScaler(with_mean=not sparse.issparse(x_train)).fit(x_train)
-    x_train, x_test = scaler.transform(x_train), scaler.transform(x_test)
-    rotate = row_span_rotation(x_train)
-    if rotate is not None:
-        x_train, x_test = rotate(x_train), rotate(x_test)
+    x_train, transform = prepared if prepared is not None else prepare(x_train)
+    x_test = transform(x_test)
     if c == "cv":
         folds = StratifiedKFold(n_splits=3, shuffle=True, random_state=seed)
         clf = LogisticRegressionCV(

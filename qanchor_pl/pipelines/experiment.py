@@ -178,6 +178,12 @@ class ExperimentConfig:
     """the runs' seed"""
     seeds: int = 1
     """> 1: that many experiments (seed, seed + 1, ...) in OUT/seed-S, summarised in OUT/seeds.md"""
+    reuse_from: list[str] = field(default_factory=list)
+    """earlier experiment folders on the same raw data whose text vectors (same encoder only) are
+    copied, not recomputed (set by ``seeds`` for every seed after the first)"""
+    feature_cache: str | None = None
+    """where the baselines' features are cached (null: OUT/features); ``seeds`` shares one folder,
+    since features depend on the histories, not on the split"""
     threads: int = 2
     """compute threads, pinned for torch and BLAS: results depend on reduction order, so a 64-core
     box repeats a 2-core table"""
@@ -316,8 +322,10 @@ def _data(cfg: ExperimentConfig, root: Path, split: TimeSplit) -> tuple[Path, Pa
                     min_class_users=1 if data == eval_data else 0,
                 ))  # fmt: skip
             # skipped when already encoded by this encoder; the second build copies the texts the
-            # first one encoded
-            encode_dataset(data, cfg.encoder, reuse=pretrain_data if data == eval_data else None)
+            # first one encoded, and every build copies those of earlier experiments (seeds)
+            earlier = [Path(o) / d for o in cfg.reuse_from for d in ("data-pretrain", "data")]
+            earlier += [pretrain_data] if data == eval_data else []
+            encode_dataset(data, cfg.encoder, reuse=[o for o in earlier if (o / "manifest.json").exists()])
     return pretrain_data, eval_data
 
 
@@ -543,6 +551,7 @@ def _run(cfg: ExperimentConfig) -> dict[str, Any]:
                 out=str(root / folder), baselines=",".join(baselines) or "none",
                 profile_tokens=cfg.profile_tokens, compare=pairs, probe_c=probe_c, split=part,
                 val_seed=cfg.seed, minilm_cache=str(root / "report"), complement=complement,
+                feature_cache=cfg.feature_cache or str(root / "features"),
                 # label efficiency for the table adopters read (the test split), not for screening
                 label_fractions=list(cfg.label_fractions) if part == "test" else []))  # fmt: skip
     val_rows, val_compared = _named(root / "validation" / "metrics.json")

@@ -72,7 +72,18 @@ def run_seeds(cfg, run_one) -> dict[str, Any]:
     seeds = [cfg.seed + k for k in range(cfg.seeds)]
     reports = []
     for s in seeds:
-        one = replace(cfg, out=str(root / f"seed-{s}"), seed=s, seeds=1, timings={})
+        # every seed after the first copies the first's text vectors; all share one baseline
+        # feature cache (features depend on the histories, not on the seed's split)
+        first = [str(root / f"seed-{seeds[0]}")] if s != seeds[0] else []
+        one = replace(
+            cfg,
+            out=str(root / f"seed-{s}"),
+            seed=s,
+            seeds=1,
+            timings={},
+            reuse_from=first,
+            feature_cache=cfg.feature_cache or str(root / "features"),
+        )
         run_one(one)
         reports.append(json.loads((root / f"seed-{s}" / "report.json").read_text()))
     summary = summarize(reports, seeds)
