@@ -16,7 +16,6 @@ from data_modules.etl.encode import (
     _vocab_texts,
     encode_dataset,
     load_vectors,
-    make_encoder,
 )
 from data_modules.etl.manifest import Manifest
 from data_modules.etl.partition import PartitionSpec
@@ -197,14 +196,3 @@ def test_encode_part_auto_reads_the_launchers_environment(monkeypatch):
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "3")
     assert resolve_part("auto") == PartitionSpec(2, 3)
-
-
-def test_length_sorted_batches_give_each_texts_own_vector():
-    from data_modules.etl.encode import LENGTH_BUCKET
-
-    encoder = make_encoder("minilm")
-    texts = [f"search {'very ' * (i % 9)}long query number {i}" for i in range(LENGTH_BUCKET + 9)]
-    together = encoder(texts)  # two sub-batches, each padded to its own longest text
-    alone = np.concatenate([encoder([t]) for t in texts[:: LENGTH_BUCKET // 4]])  # no padding at all
-    np.testing.assert_allclose(together[:: LENGTH_BUCKET // 4], alone, atol=1e-5)
-    assert not np.allclose(together[0], together[1])

@@ -30,8 +30,6 @@ from data_modules.util.vector_math import settle_vector_math_dispatch
 
 VECTORS_DIR = "vectors"
 PARTS_DIR = ".parts"  # encode --part I/N writes here; encode --merge N joins them
-#: Texts per forward pass of a Hugging Face encoder, taken in order of token length.
-LENGTH_BUCKET = 32
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -86,21 +84,6 @@ class HFEncoder:
         self.identity = hashlib.sha256(f"{content}:{pooling}:{max_length}".encode()).hexdigest()
 
     def __call__(self, texts: list[str]) -> np.ndarray:
-        """One unit vector per text. Texts run in sub-batches of similar token length, so few
-        padding positions are computed (1.5x faster on the dynamic world's short, varied texts;
-        masked padding leaves every text's vector unchanged)."""
-        lengths = [
-            len(ids)
-            for ids in self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
-        ]
-        order = np.argsort(lengths, kind="stable")
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for start in range(0, len(texts), LENGTH_BUCKET):
-            rows = order[start : start + LENGTH_BUCKET]
-            out[rows] = self._encode_padded([texts[i] for i in rows])
-        return out
-
-    def _encode_padded(self, texts: list[str]) -> np.ndarray:
         torch = self.torch
         batch = self.tokenizer(
             texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
