@@ -10,13 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_modules.etl.build import BuildConfig, build
-from data_modules.etl.encode import (
-    HashEncoder,
-    _encode_rows,
-    _vocab_texts,
-    encode_dataset,
-    load_vectors,
-)
+from data_modules.etl.encode import HashEncoder, _encode_rows, _vocab_texts, encode_dataset, load_vectors
 from data_modules.etl.manifest import Manifest
 from data_modules.etl.partition import PartitionSpec
 
