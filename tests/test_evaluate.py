@@ -259,3 +259,19 @@ def test_scenarios_with_the_same_train_users_share_one_prepared_input_and_its_fi
     trains = {tuple(sorted(split_benchmark(benchmark(built, n), s).filter(pl.col("split") == "train")["user_id"]))
               for n in scenarios for s in ("test", "validation")}  # fmt: skip
     assert len(shared._done) == len(trains) < 2 * len(scenarios)  # one preparation per train set
+
+
+def test_the_sparse_cross_product_splits_dense_columns_off_and_stays_exact():
+    from qanchor_pl.eval.probe import SparseCross
+
+    rng = np.random.default_rng(0)
+    dense_block = rng.normal(size=(60, 40))  # mean vectors: every row stored
+    counts = sparse.random(60, 500, density=0.02, random_state=1)  # a long tail: few rows each
+    x = sparse.hstack([dense_block, counts], format="csr")
+    a = sparse.hstack(
+        [rng.normal(size=(7, 40)), sparse.random(7, 500, density=0.05, random_state=2)], format="csr"
+    )
+    cross = SparseCross(x)
+    assert len(cross.dense_cols) == 40 and len(cross.sparse_cols) == 500
+    np.testing.assert_allclose(cross(a), (a @ x.T).toarray(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(cross(x), (x @ x.T).toarray(), rtol=1e-12, atol=1e-12)
