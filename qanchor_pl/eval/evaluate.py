@@ -134,11 +134,12 @@ class SharedInputs:
     def __init__(self) -> None:
         self._lock, self._done = threading.Lock(), {}
 
-    def get(self, matrix: Any, rows: np.ndarray) -> tuple[Any, Any]:
+    def get(self, matrix: Any, rows: np.ndarray, x_rows: Any) -> tuple[Any, Any]:
+        """:func:`prepare` of ``x_rows`` (= ``matrix[rows]``, already taken by the caller)."""
         key = (id(matrix), hashlib.sha256(np.ascontiguousarray(rows, dtype=np.int64).tobytes()).hexdigest())
         with self._lock:  # one preparation at a time: the others want the same one
             if key not in self._done:
-                self._done[key] = prepare(matrix[rows])
+                self._done[key] = prepare(x_rows)
             return self._done[key]
 
 
@@ -182,7 +183,7 @@ def _probe_scenario(
         log.warning("scenario '%s': the scored split has only label %d (%d users); AUC/KS undefined",
                     name, int(test_labels[0]) if len(test_labels) else -1, len(test_labels))  # fmt: skip
         return {"auc": None, "ks": None}, None
-    prepared = shared.get(mat, parts["train"][2]) if shared is not None else None
+    prepared = shared.get(mat, parts["train"][2], parts["train"][0]) if shared is not None else None
     scores, c = probe(parts["train"][0], parts["train"][1], parts["test"][0], c=probe_c, prepared=prepared)
     return {**auc_ks(scores, test_labels), "probe_c": c, "users": int(len(test_labels))}, (
         scores,
