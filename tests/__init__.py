@@ -1,0 +1,6 @@
+"""The test suite."""
+
+from pathlib import Path
+
+#: Figures recorded once and read back by tests (see each file's "recorded" entry).
+DATA = Path(__file__).parent / "data"
