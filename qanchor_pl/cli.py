@@ -46,13 +46,13 @@ def _load(ref: str) -> Any:
 
 
 COMMANDS: dict[str, Command] = {
-    "synth": Command("data_modules.etl.synth:SynthConfig", "data_modules.etl.synth:run_synth",
+    "synth": Command("data_modules.synth.world:SynthConfig", "data_modules.synth.world:run_synth",
                      "write a synthetic raw data set (events, users, scenarios, labels)"),
-    "build": Command("data_modules.etl.build:BuildConfig", "qanchor_pl.cli:_build",
+    "build": Command("data_modules.builder.runner:BuildConfig", "qanchor_pl.cli:_build",
                      "raw logs -> UserU shards, vocabularies, benchmarks, manifest"),
-    "encode": Command("data_modules.etl.encode:EncodeConfig", "data_modules.etl.encode:run_encode",
+    "encode": Command("data_modules.encode.dataset:EncodeConfig", "data_modules.encode.dataset:run_encode",
                       "one vector per distinct event text (resumable)"),
-    "qa-synth": Command("data_modules.etl.qa_synth:QASynthConfig", "data_modules.etl.qa_synth:run_qa_synth",
+    "qa-synth": Command("data_modules.supervision.qa_synth:QASynthConfig", "data_modules.supervision.qa_synth:run_qa_synth",
                         "LLM-written D_uqa for a built data set (resumable; ranks share the users)"),
     "embed": Command("qanchor_pl.config:EmbedConfig", "qanchor_pl.serve.embed:run_embed",
                      "every user's embedding for every scenario (prefix KV cache)"),
@@ -73,7 +73,7 @@ COMMANDS: dict[str, Command] = {
 BENCH: dict[str, Command] = {
     "data": Command("data_modules.loading.bench:BenchDataConfig", "data_modules.loading.bench:bench_data",
                     "samples/s and peak memory of the streaming loader"),
-    "build": Command("data_modules.etl.bench_build:BenchBuildConfig", "data_modules.etl.bench_build:bench_build",
+    "build": Command("data_modules.builder.bench:BenchBuildConfig", "data_modules.builder.bench:bench_build",
                      "users/s per task and peak memory of a partitioned build (1, 2, 4 tasks)"),
     "train": Command("qanchor_pl.config:BenchTrainConfig", "qanchor_pl.bench.train:bench_train",
                      "training step: Lightning against a plain PyTorch loop, alternated blocks"),
@@ -97,7 +97,7 @@ LIGHTNING_FLAGS = {"tune": {"--all_scenarios"}}  # their boolean options that ma
 
 # -- the few commands whose function is not already config-shaped --------------------------------
 def _build(cfg: Any) -> dict:
-    from data_modules.etl.build import build
+    from data_modules.builder.runner import build
 
     m = build(cfg)
     if isinstance(m, dict):  # one stage of a partitioned build

@@ -3,8 +3,8 @@
 Each dataclass is what one ``qanchor`` command can be told: the CLI builds its options (and their
 ``--help``) from the fields and their docstrings, recipes are YAML files of the same keys, and the
 pipelines and tests build the same objects in Python. The data-side commands keep theirs beside
-their code (:class:`data_modules.etl.synth.SynthConfig`, :class:`data_modules.etl.build.BuildConfig`,
-:class:`data_modules.etl.encode.EncodeConfig`, :class:`data_modules.etl.qa_synth.QASynthConfig`,
+their code (:class:`data_modules.synth.world.SynthConfig`, :class:`data_modules.builder.runner.BuildConfig`,
+:class:`data_modules.encode.dataset.EncodeConfig`, :class:`data_modules.supervision.qa_synth.QASynthConfig`,
 :class:`data_modules.loading.bench.BenchDataConfig`), since data never imports the model.
 """
 

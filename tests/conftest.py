@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from data_modules.etl.build import BuildConfig, build
-from data_modules.etl.encode import encode_dataset
-from data_modules.etl.synth import write_world
+from data_modules.builder.runner import BuildConfig, build
+from data_modules.encode.dataset import encode_dataset
+from data_modules.synth.world import write_world
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PYTHONHASHSEED", "0")

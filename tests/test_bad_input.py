@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data_modules.etl.manifest import Manifest
+from data_modules.dataset.manifest import Manifest
 from data_modules.loading.datamodule import UserUDataModule
 from data_modules.util.errors import DataError
 from tests.conftest import run_qanchor
@@ -140,7 +140,7 @@ def test_empty_shard_is_refused(copy_of_built):
     table = pq.read_table(shard)
     pq.write_table(table.slice(0, 0), shard)
     m = Manifest.load(copy_of_built)
-    from data_modules.etl.manifest import file_entry
+    from data_modules.dataset.manifest import file_entry
 
     m.files["shards/shard-00002.parquet"] = file_entry(copy_of_built, "shards/shard-00002.parquet", 0)
     m.save(copy_of_built)

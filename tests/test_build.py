@@ -11,11 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data_modules.etl.build import BuildConfig, build
-from data_modules.etl.manifest import Manifest
-from data_modules.etl.scenarios import Scenario, save_scenarios
-from data_modules.etl.schemas import SCHEMA_VERSION
-from data_modules.etl.synth import SCENARIOS
+from data_modules.builder.runner import BuildConfig, build
+from data_modules.contract.scenarios import Scenario, save_scenarios
+from data_modules.dataset.manifest import Manifest
+from data_modules.dataset.schemas import SCHEMA_VERSION
+from data_modules.synth.catalogue import SCENARIOS
 from tests.conftest import run_qanchor
 
 
@@ -200,6 +200,6 @@ def test_cli_synth_build_encode_chain(tmp_path):
 
 @pytest.mark.parametrize("caps", ["paper"])
 def test_paper_caps_parse(caps):
-    from data_modules.etl.schemas import PAPER_CAPS, parse_caps
+    from data_modules.builder.caps import PAPER_CAPS, parse_caps
 
     assert parse_caps(caps) == PAPER_CAPS

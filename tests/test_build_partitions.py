@@ -10,9 +10,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from data_modules.etl.build import BuildConfig, build
-from data_modules.etl.partition import PartitionSpec, exact_moments, mean_std, merge_moments, partition_of
+from data_modules.builder.moments import exact_moments, mean_std, merge_moments
+from data_modules.builder.runner import BuildConfig, build
 from data_modules.util.errors import DataError
+from data_modules.util.partition import PartitionSpec, partition_of
 from tests.conftest import run_qanchor
 from tests.test_faults import files_under, one_line_error
 

@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from data_modules.etl.encode import load_vectors
+from data_modules.encode.dataset import load_vectors
 from data_modules.loading.datamodule import ScenarioDataModule, UserStreamLoader, UserUDataModule
 from data_modules.loading.dataset import choose_pair
 

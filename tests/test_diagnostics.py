@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from data_modules.etl.manifest import Manifest
+from data_modules.dataset.manifest import Manifest
 from qanchor_pl.eval.diagnostics import main, mean_event_dimensions, scenario_mentions
 
 

@@ -9,10 +9,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from data_modules.etl.build import BuildConfig, build
-from data_modules.etl.encode import HashEncoder, _encode_rows, _vocab_texts, encode_dataset, load_vectors
-from data_modules.etl.manifest import Manifest
-from data_modules.etl.partition import PartitionSpec
+from data_modules.builder.runner import BuildConfig, build
+from data_modules.dataset.manifest import Manifest
+from data_modules.encode.dataset import _encode_rows, _vocab_texts, encode_dataset, load_vectors
+from data_modules.encode.encoders import HashEncoder
+from data_modules.util.partition import PartitionSpec
 
 
 def test_hash_encoder_is_deterministic_normalised_and_similarity_aware():
@@ -170,7 +171,7 @@ def test_a_missing_encode_part_at_the_merge_is_one_line_and_nothing_is_written(b
 
 
 def test_encode_part_auto_reads_the_launchers_environment(monkeypatch):
-    from data_modules.etl.encode import resolve_part
+    from data_modules.encode.dataset import resolve_part
     from data_modules.util.errors import DataError
 
     for name in (

@@ -9,9 +9,9 @@ import polars as pl
 import pytest
 from scipy import sparse
 
-from data_modules.etl.encode import load_vectors
-from data_modules.etl.manifest import Manifest
-from data_modules.etl.scenarios import load_scenarios
+from data_modules.contract.scenarios import load_scenarios
+from data_modules.dataset.manifest import Manifest
+from data_modules.encode.dataset import load_vectors
 from qanchor_pl.eval.evaluate import auc_ks, event_count_features, probe, profile_texts, time_window_features
 from tests.conftest import run_qanchor
 from tests.helpers.tb import scalars
@@ -204,7 +204,7 @@ def test_the_probe_fits_sparse_counts_as_it_fits_the_same_counts_dense():
 
 
 def test_the_validation_split_is_the_tuning_carve_of_the_train_users_only(built):
-    from data_modules.etl.splits import in_validation
+    from data_modules.dataset.splits import in_validation
     from qanchor_pl.eval.evaluate import benchmark, split_benchmark
 
     bench = benchmark(built, "Takeout")

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
+from data_modules.dataset.tokenizer import load_tokenizer
 from data_modules.loading.datamodule import UserUDataModule
-from data_modules.loading.tokenizer import load_tokenizer
 from data_modules.util.hashing import sha256_file
 from qanchor_pl.model import backbone as bb
 from qanchor_pl.model.config import TinyBackbone

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from data_modules.etl.build import BuildConfig, build
-from data_modules.etl.manifest import Manifest
-from data_modules.etl.scenarios import Scenario, save_scenarios
+from data_modules.builder.runner import BuildConfig, build
+from data_modules.contract.scenarios import Scenario, save_scenarios
+from data_modules.dataset.manifest import Manifest
 from tests.conftest import ROOT, run_qanchor
 from tests.helpers.small_raw import write_raw
 
@@ -349,7 +349,7 @@ def test_non_utf8_text_is_one_line_naming_the_file(tmp_path):
 def test_evaluate_with_an_empty_split_and_embed_with_no_scenario_are_one_line(built, pretrained, tmp_path):
     import pyarrow.parquet as pq
 
-    from data_modules.etl.manifest import file_entry
+    from data_modules.dataset.manifest import file_entry
 
     data = tmp_path / "data"
     shutil.copytree(built, data)

@@ -8,9 +8,9 @@ import numpy as np
 import polars as pl
 from scipy import sparse
 
-from data_modules.etl.build import BuildConfig, build
-from data_modules.etl.encode import encode_dataset, load_vectors
-from data_modules.etl.manifest import Manifest
+from data_modules.builder.runner import BuildConfig, build
+from data_modules.dataset.manifest import Manifest
+from data_modules.encode.dataset import encode_dataset, load_vectors
 from qanchor_pl.eval.evaluate import event_count_features, mean_event_features
 from qanchor_pl.eval.feature_cache import cached_features, features_key
 

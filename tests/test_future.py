@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from data_modules.etl.build import BuildConfig, build
-from data_modules.etl.encode import encode_dataset
-from data_modules.etl.manifest import Manifest
+from data_modules.builder.runner import BuildConfig, build
+from data_modules.dataset.manifest import Manifest
+from data_modules.encode.dataset import encode_dataset
 from data_modules.loading.collate import category_key
 from data_modules.loading.datamodule import UserUDataModule
 from qanchor_pl.model.categories import CategoryIndex

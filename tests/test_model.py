@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 import torch
 
-from data_modules.etl.manifest import Manifest
+from data_modules.dataset.manifest import Manifest
 from qanchor_pl.model import backbone as bb
 from qanchor_pl.model.config import LoraSpec, ModelSpec
 from qanchor_pl.model.qanchor import QAnchorModel

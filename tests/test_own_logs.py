@@ -9,8 +9,8 @@ import shutil
 import polars as pl
 import pytest
 
-from data_modules.etl.build import BuildConfig, build
-from data_modules.etl.topics import topic
+from data_modules.builder.runner import BuildConfig, build
+from data_modules.contract.topics import topic
 from data_modules.util.errors import DataError
 from tests.conftest import run_qanchor
 from tests.helpers.other_world import write_other_world

@@ -19,11 +19,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from data_modules.etl.build import BuildConfig, build
-from data_modules.etl.encode import encode_dataset
-from data_modules.etl.manifest import Manifest
-from data_modules.etl.qa import Facts
-from data_modules.etl.qa_synth import (
+from data_modules.builder.runner import BuildConfig, build
+from data_modules.contract.topics import load_topics, topic
+from data_modules.dataset.manifest import Manifest
+from data_modules.encode.dataset import encode_dataset
+from data_modules.loading.datamodule import UserUDataModule
+from data_modules.supervision.qa_synth import (
     SYSTEM,
     Generator,
     Prompt,
@@ -35,8 +36,7 @@ from data_modules.etl.qa_synth import (
     run_qa_synth,
     vocab_texts,
 )
-from data_modules.etl.topics import load_topics, topic
-from data_modules.loading.datamodule import UserUDataModule
+from data_modules.supervision.templated import Facts
 from data_modules.util.hashing import sha256_folder
 from qanchor_pl.model.backbone import write_shaped_backbone
 from tests.conftest import ROOT, free_port, run_qanchor, torchrun_env

@@ -10,9 +10,9 @@ from collections import Counter
 
 import polars as pl
 
-from data_modules.etl.manifest import Manifest
-from data_modules.etl.qa import Facts, number_key, reflect, stated_numbers
-from data_modules.etl.topics import load_topics
+from data_modules.contract.topics import load_topics
+from data_modules.dataset.manifest import Manifest
+from data_modules.supervision.templated import Facts, number_key, reflect, stated_numbers
 
 
 def _seen(
@@ -133,7 +133,7 @@ def test_the_one_pass_reflection_keeps_what_the_sentence_loop_keeps():
     answers made of numbers, quotes, sentence ends and odd whitespace."""
     import random
 
-    from data_modules.etl.qa import mask_quotes, reflect_by_sentence
+    from data_modules.supervision.templated import mask_quotes, reflect_by_sentence
 
     rng = random.Random(0)
     pieces = [

@@ -12,9 +12,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from data_modules.etl.build import BuildConfig, build
-from data_modules.etl.refresh import REFRESH_DIR
-from data_modules.etl.synth import write_world
+from data_modules.builder.runner import BuildConfig, build
+from data_modules.contract.refresh_state import REFRESH_DIR
+from data_modules.synth.world import write_world
 from tests.conftest import run_qanchor
 from tests.test_build_partitions import FLAGS, OPTIONS, assert_same_data_set, partitioned_build
 from tests.test_faults import files_under, one_line_error

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_modules.etl.build import BuildConfig, build
+from data_modules.builder.runner import BuildConfig, build
 from tests.conftest import ROOT
 from tests.helpers.cli_args import SMALL
 from tests.helpers.tb import scalars

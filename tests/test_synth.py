@@ -4,7 +4,7 @@ import datetime as dt
 
 import polars as pl
 
-from data_modules.etl import synth
+from data_modules.synth import world as synth
 
 
 def _rates(events: pl.DataFrame, n_users: int) -> dict[str, float]:

@@ -8,8 +8,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from data_modules.etl.synth import START, generate
-from data_modules.etl.synth_dynamic import generate_dynamic
+from data_modules.synth.catalogue import START
+from data_modules.synth.default import generate
+from data_modules.synth.dynamic import generate_dynamic
 
 LEAD = 30  # history days 30-120, future 120-150, as in the demo
 

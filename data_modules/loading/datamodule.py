@@ -22,12 +22,12 @@ import lightning as L
 import polars as pl
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from data_modules.etl.encode import VECTORS_DIR, encoder_info
-from data_modules.etl.manifest import Manifest
-from data_modules.etl.scenarios import load_scenarios
-from data_modules.etl.schemas import parse_caps
+from data_modules.builder.caps import parse_caps
+from data_modules.contract.scenarios import load_scenarios
+from data_modules.dataset.manifest import Manifest
+from data_modules.dataset.tokenizer import TOKENIZER_DIR, load_tokenizer
+from data_modules.encode.dataset import VECTORS_DIR, encoder_info
 from data_modules.loading.dataset import Units, UserStreamDataset, scan_units
-from data_modules.loading.tokenizer import TOKENIZER_DIR, load_tokenizer
 from data_modules.util.errors import DataError
 
 
@@ -106,7 +106,7 @@ class UserUDataModule(L.LightningDataModule):
         )
 
     def _resolve_qa_version(self, requested: str) -> None:
-        from data_modules.etl.qa_synth import QA_DIR, qa_version_record
+        from data_modules.supervision.qa_synth import QA_DIR, qa_version_record
 
         requested = "templated+llm" if requested == "both" else requested
         names = requested.split("+")
@@ -303,7 +303,7 @@ class ScenarioDataModule(UserUDataModule):
         self.query = scenarios[self.scenario].query
         path = self.data / "benchmarks" / f"{self.scenario}.parquet"
         bench = pl.read_parquet(path)
-        from data_modules.etl.splits import in_validation
+        from data_modules.dataset.splits import in_validation
 
         seed = self.hparams.seed
         in_val = pl.col("user_id").map_elements(

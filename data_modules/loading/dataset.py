@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from data_modules.etl.encode import load_vectors
+from data_modules.encode.dataset import load_vectors
 from data_modules.loading.collate import (
     cutoff_ms,
     pad_categories,

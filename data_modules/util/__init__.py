@@ -1,1 +1,2 @@
-"""Small helpers with one home each: atomic writes, stable hashing, errors."""
+"""Small helpers with one home each: atomic writes, stable hashing, errors, counted skips,
+locks, partition ownership."""

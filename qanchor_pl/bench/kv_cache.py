@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from data_modules.etl.encode import minilm_path
-from data_modules.etl.schemas import PAPER_CAPS
+from data_modules.builder.caps import PAPER_CAPS
+from data_modules.encode.encoders import minilm_path
 from qanchor_pl.model.config import DataInputs, QAnchorConfig, TinyBackbone
 from qanchor_pl.model.kv_cache import anchor_from_prefix, encode_prefix
 from qanchor_pl.model.qanchor import QAnchorModel

@@ -16,8 +16,9 @@ def bench_qa_synth(
 ) -> dict:
     import torch
 
-    from data_modules.etl.manifest import Manifest
-    from data_modules.etl.qa_synth import (
+    from data_modules.contract.topics import load_topics
+    from data_modules.dataset.manifest import Manifest
+    from data_modules.supervision.qa_synth import (
         Generator,
         QASynthConfig,
         build_prompts,
@@ -28,12 +29,11 @@ def bench_qa_synth(
         synth_chunk,
         vocab_texts,
     )
-    from data_modules.etl.topics import load_topics
 
     with tempfile.TemporaryDirectory(prefix="qanchor-bench-") as tmp:
         if data is None:
-            from data_modules.etl.build import BuildConfig, build
-            from data_modules.etl.synth import write_world
+            from data_modules.builder.runner import BuildConfig, build
+            from data_modules.synth.world import write_world
 
             write_world(Path(tmp) / "raw", n_users=max(users, 64), seed=0)
             build(BuildConfig(raw=str(Path(tmp) / "raw"), out=str(Path(tmp) / "data"), tokenizer_vocab=1024))

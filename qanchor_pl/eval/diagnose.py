@@ -56,7 +56,7 @@ def stage_features(model, batch: dict[str, Any], queries) -> dict[str, dict[str,
 
 def run_diagnose(cfg: DiagnoseConfig) -> dict[str, Any]:
     """Probe every stage on the validation part of each scenario's train users; write the table."""
-    from data_modules.etl.splits import in_validation
+    from data_modules.dataset.splits import in_validation
     from data_modules.loading.datamodule import UserUDataModule
     from data_modules.util.atomic import atomic_path, write_json
     from qanchor_pl.eval.evaluate import auc_ks, benchmark, mean_event_features, probe

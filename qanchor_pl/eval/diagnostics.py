@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from data_modules.etl.manifest import Manifest
-from data_modules.etl.scenarios import load_scenarios
+from data_modules.contract.scenarios import load_scenarios
+from data_modules.dataset.manifest import Manifest
 from qanchor_pl.eval.evaluate import evaluate_features, mean_event_features, with_average
 
 
@@ -48,7 +48,7 @@ def scenario_mentions(data: Path, source: str = "future") -> dict[str, float]:
 
     An event is named when its rendered text (without the amount band) appears in the answer; the
     synthetic world's catalogue says which texts belong to a scenario's categories."""
-    from data_modules.etl.synth import CATALOG
+    from data_modules.synth.catalogue import CATALOG
 
     manifest = Manifest.load(data)
     cols = ["qa_answer", "qa_source"]

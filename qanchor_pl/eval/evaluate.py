@@ -35,9 +35,9 @@ import torch
 from scipy import sparse
 from torchmetrics.functional.classification import binary_auroc, binary_roc
 
-from data_modules.etl.encode import load_vectors
-from data_modules.etl.manifest import Manifest
-from data_modules.etl.scenarios import load_scenarios
+from data_modules.contract.scenarios import load_scenarios
+from data_modules.dataset.manifest import Manifest
+from data_modules.encode.dataset import load_vectors
 from data_modules.util.atomic import atomic_dir, atomic_path, write_json
 from data_modules.util.errors import DataError
 from qanchor_pl.config import EvaluateConfig
@@ -65,7 +65,7 @@ def auc_ks(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
 
 
 def benchmark(data: Path, scenario: str) -> pl.DataFrame:
-    from data_modules.etl.names import check_name
+    from data_modules.contract.names import check_name
 
     path = data / "benchmarks" / f"{check_name(scenario, '--scenarios')}.parquet"
     if not path.exists():
@@ -78,13 +78,13 @@ def split_benchmark(
 ) -> pl.DataFrame:
     """The benchmark with its ``split`` column as the probe reads it. ``test``: as built (fit on train,
     score on test). ``validation``: the test users are dropped and the train users carved as prompt
-    tuning carves them (``data_modules.etl.splits``): fit on the rest ("train"), score on the carve ("test").
+    tuning carves them (``data_modules.dataset.splits``): fit on the rest ("train"), score on the carve ("test").
     Choices are made on ``validation``; the test split is read for the final table only."""
     if split == "test":
         return bench
     if split != "validation":
         raise ValueError(f"split must be 'test' or 'validation', got {split!r}")
-    from data_modules.etl.splits import in_validation
+    from data_modules.dataset.splits import in_validation
 
     train = bench.filter(pl.col("split") == "train")
     carve = [in_validation(u, val_seed, val_fraction) for u in train["user_id"].to_list()]
@@ -367,7 +367,7 @@ def profile_texts(data: Path, top: int = 8) -> tuple[list[str], list[str]]:
         m: pl.read_parquet(data / "vocab" / f"{m}.parquet").sort("id")["text"].to_list()
         for m in manifest.event_modalities
     }
-    from data_modules.etl.modality_meta import meta_from_json
+    from data_modules.contract.modalities import meta_from_json
 
     meta = meta_from_json(manifest.modality_meta)
     texts = []
@@ -388,7 +388,7 @@ def minilm_features(
     data: Path, cache: Path | None = None, batch_size: int = 64, max_tokens: int = 256
 ) -> dict[str, tuple[list[str], np.ndarray]]:
     """all-MiniLM-L6-v2 (mean pooled, ``max_tokens``) over :func:`profile_texts`; cached if ``cache``."""
-    from data_modules.etl.encode import HFEncoder, minilm_path
+    from data_modules.encode.encoders import HFEncoder, minilm_path
 
     users, texts = profile_texts(data)
     if cache is not None and cache.exists():

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 
-from data_modules.etl.manifest import Manifest
+from data_modules.dataset.manifest import Manifest
 from data_modules.util.atomic import atomic_dir
 
 #: Bump when a feature function changes what it computes: old entries then stop matching.

@@ -17,7 +17,7 @@ from qanchor_pl.model.config import LoraSpec, TinyBackbone
 
 def load_tokenizer(spec: str) -> Any:
     """The tokenizer the data was tokenised with (a data set's own trained BPE, or a backbone's)."""
-    from data_modules.loading.tokenizer import load_tokenizer as load
+    from data_modules.dataset.tokenizer import load_tokenizer as load
 
     return load(spec)
 

@@ -85,7 +85,8 @@ class DemoConfig:
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """``qanchor demo``: synth (once) then :func:`run_experiment` on it."""
-    from data_modules.etl.synth import FUTURE_DAYS, write_world
+    from data_modules.synth.catalogue import FUTURE_DAYS
+    from data_modules.synth.world import write_world
 
     cfg = cfg.resolved()
     raw = Path(cfg.out) / "raw"

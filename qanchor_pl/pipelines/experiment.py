@@ -266,14 +266,9 @@ def derive_split(cfg: ExperimentConfig) -> TimeSplit:
     pretraining data's future window ending no later than the labels' start."""
     import polars as pl
 
-    from data_modules.etl.raw import (
-        RawInputs,
-        check_timezone,
-        day_counts,
-        default_cutoff,
-        resolve_cutoff,
-        scan_event_columns,
-    )
+    from data_modules.builder.cutoff import check_timezone, day_counts, default_cutoff, resolve_cutoff
+    from data_modules.builder.events import scan_event_columns
+    from data_modules.contract.tables import RawInputs
 
     tz = check_timezone(cfg.timezone)
     inputs = RawInputs.locate(cfg.raw)
@@ -305,8 +300,8 @@ def derive_split(cfg: ExperimentConfig) -> TimeSplit:
 # -- stages --------------------------------------------------------------------------------------
 def _data(cfg: ExperimentConfig, root: Path, split: TimeSplit) -> tuple[Path, Path]:
     """(pretraining data, evaluation data), built and encoded."""
-    from data_modules.etl.build import BuildConfig, build
-    from data_modules.etl.encode import encode_dataset
+    from data_modules.builder.runner import BuildConfig, build
+    from data_modules.encode.dataset import encode_dataset
 
     pretrain_data, eval_data = root / "data-pretrain", root / "data"
     with Stage(cfg, "build + encode"):
@@ -331,8 +326,8 @@ def _data(cfg: ExperimentConfig, root: Path, split: TimeSplit) -> tuple[Path, Pa
 
 def _qa_synth(cfg: ExperimentConfig, data: Path) -> None:
     """Generate the LLM-written D_uqa the pretraining reads, when ``qa_version`` names one."""
-    from data_modules.etl.manifest import Manifest
-    from data_modules.etl.qa_synth import QASynthConfig, run_qa_synth
+    from data_modules.dataset.manifest import Manifest
+    from data_modules.supervision.qa_synth import QASynthConfig, run_qa_synth
 
     names = [n for n in cfg.qa_version.replace("both", "templated+llm").split("+") if n != "templated"]
     if not names or names[0] in Manifest.load(data).qa.get("versions", {}):
@@ -398,7 +393,7 @@ def _untrained(cfg: ExperimentConfig, root: Path, data: Path) -> Path:
 
 
 def _tune(cfg: ExperimentConfig, root: Path, data: Path, model: Path, name: str) -> Path:
-    from data_modules.etl.scenarios import load_scenarios
+    from data_modules.contract.scenarios import load_scenarios
     from qanchor_pl.train.lightning_cli import run_tune
 
     run_dir = root / "tune" / name

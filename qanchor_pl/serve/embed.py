@@ -24,7 +24,7 @@ import pyarrow as pa
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from data_modules.etl.scenarios import load_scenarios
+from data_modules.contract.scenarios import load_scenarios
 from data_modules.loading.datamodule import UserUDataModule
 from data_modules.util.atomic import write_json, write_parquet
 from qanchor_pl.config import EmbedConfig
@@ -174,7 +174,7 @@ def write_manifest(out: Path) -> dict:
     verify them), written last."""
     import pyarrow.parquet as pq
 
-    from data_modules.etl.manifest import file_entry
+    from data_modules.dataset.manifest import file_entry
 
     parts = sorted((out / "parts").glob("part-*.parquet"))
     entries = {p.name: file_entry(out / "parts", p.name, pq.ParquetFile(p).metadata.num_rows) for p in parts}
@@ -189,7 +189,7 @@ def read_embeddings(out: Path) -> pa.Table:
     manifest (size and sha256) and each (user, scenario) once: a corrupt or mixed folder is refused."""
     import pyarrow.parquet as pq
 
-    from data_modules.etl.manifest import verify_file
+    from data_modules.dataset.manifest import verify_file
     from data_modules.util.atomic import read_json
     from data_modules.util.errors import DataError
 

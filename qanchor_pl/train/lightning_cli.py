@@ -59,7 +59,7 @@ def checkpoint_dir(run_dir: str) -> str:
 
 
 def scenario_dir(run_dir: str, scenario: str) -> str:
-    from data_modules.etl.names import check_name
+    from data_modules.contract.names import check_name
 
     return str(Path(run_dir) / check_name(scenario, "--data.scenario"))
 
@@ -350,7 +350,7 @@ def tune_from_args(args: list[str]) -> list[TuneCLI]:
     if not first.config.get("all_scenarios"):
         first.fit()
         return [first]
-    from data_modules.etl.scenarios import load_scenarios
+    from data_modules.contract.scenarios import load_scenarios
 
     names = [s.name for s in load_scenarios(Path(first.datamodule.data) / "scenarios.json")]
     clis = []

@@ -7,8 +7,8 @@ import os
 import signal
 import sys
 
-from data_modules.etl import build_merge
-from data_modules.etl.build import BuildConfig, build
+from data_modules.builder import merge as build_merge
+from data_modules.builder.runner import BuildConfig, build
 
 
 def _die(*args, **kwargs):

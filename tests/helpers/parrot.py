@@ -18,7 +18,7 @@ def teach_phrase(
     """Fine-tune the model in ``model_dir`` to continue each prompt with ``phrase`` + EOS; save to ``out``."""
     from transformers import AutoModelForCausalLM
 
-    from data_modules.loading.tokenizer import load_tokenizer
+    from data_modules.dataset.tokenizer import load_tokenizer
 
     tok = load_tokenizer(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)

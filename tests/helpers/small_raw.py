@@ -7,8 +7,8 @@ import datetime as dt
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_modules.etl.build import BuildConfig, build
-from data_modules.etl.scenarios import Scenario, save_scenarios
+from data_modules.builder.runner import BuildConfig, build
+from data_modules.contract.scenarios import Scenario, save_scenarios
 
 CUT = dt.datetime(2026, 4, 1)
 
