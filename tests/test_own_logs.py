@@ -136,9 +136,9 @@ def test_timezone_moves_calendar_facts_and_is_recorded(other_raw, tmp_path):
 @pytest.mark.parametrize(
     "case, message",
     [
-        ("absent modality", r"modalities\.json, row radio: names modality 'radio', which is not among"),
-        ("unit without values", r"modalities\.json, row extra: modality 'extra' has a unit/value_kind but its events carry no values"),
-        ("unknown topic modality", r"topics\.json, column 'modalities', row 0 \(t\): unknown modality 'bill'"),
+        ("absent modality", r"modalities\.json, entry 'radio': names modality 'radio', which is not among"),
+        ("unit without values", r"modalities\.json, entry 'extra': modality 'extra' has a unit/value_kind but its events carry no values"),
+        ("unknown topic modality", r"topics\.json, column 'modalities', entry 't': unknown modality 'bill'"),
         ("bad timezone", r"--timezone: unknown time zone 'Mars/Base'"),
     ],
 )  # fmt: skip

@@ -65,7 +65,7 @@ def merged_stats(plan: BuildPlan, work: WorkFolder) -> MergedStats:
     moments = info["moments"]
     mean, std = mean_std(moments, len(plan.features))
     topics, source = topic_pool(
-        Path(plan.topics) if plan.topics else None, plan.event_mods, seen, plan.modality_meta,
+        plan.raw.topics, plan.raw.paths.topics, plan.event_mods, seen, plan.modality_meta,
         plan.config["topic_categories"],
     )  # fmt: skip
     tmap, means = topic_map(seen, topics, info["users"])

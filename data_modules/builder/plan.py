@@ -45,18 +45,15 @@ from data_modules.builder.cutoff import (
 from data_modules.builder.events import scan_event_columns
 from data_modules.builder.refresh import day_counts_json
 from data_modules.contract.columns import (
-    EVENTS_COLUMNS,
     TABULAR,
-    check_columns,
-    check_users_schema,
     event_modalities,
-    read_schema,
 )
+from data_modules.contract.inputs import InputPaths, RawInputs
 from data_modules.contract.modalities import meta_from_json, meta_to_json, resolve_modalities_meta
 from data_modules.contract.names import check_name
 from data_modules.contract.refresh_state import REFRESH_DIR, RefreshState
-from data_modules.contract.scenarios import Scenario, load_scenarios
-from data_modules.contract.tables import RawInputs, infer_modalities, read_external_qa, read_labels
+from data_modules.contract.scenarios import Scenario
+from data_modules.contract.topics import check_topic_modalities
 from data_modules.dataset.schemas import SCHEMA_VERSION
 from data_modules.util.atomic import read_json, write_json
 from data_modules.util.errors import DataError
@@ -65,7 +62,7 @@ from data_modules.util.partition import PartitionSpec, balance
 from data_modules.util.skips import count_skip
 
 log = logging.getLogger(__name__)
-PLAN_VERSION = 1
+PLAN_VERSION = 2  # 2: the checked raw folder (inputs) in place of its paths
 #: BuildConfig fields that say how to run a build, not what it builds (left out of the fingerprint).
 RUN_OPTIONS = ("stage", "partition", "partitions", "workers")
 
@@ -79,11 +76,7 @@ class BuildPlan:
     config: dict
     raw_files: list[list]
     events: list[str]
-    users: str | None
-    scenarios_path: str
-    labels: str | None
-    qa: str | None
-    topics: str | None
+    inputs: dict  # the checked raw folder (RawInputs.to_json): every task's copy, never re-read
     modalities: list[str]
     event_mods: list[str]
     caps: dict[str, int]
@@ -105,15 +98,20 @@ class BuildPlan:
         return dt.datetime.fromisoformat(self.cutoff)
 
     @property
+    def raw(self) -> RawInputs:
+        """The raw folder as the plan stage read and checked it."""
+        return RawInputs.from_json(self.inputs)
+
+    @property
     def scenarios(self) -> list[Scenario]:
-        return load_scenarios(self.scenarios_path)
+        return list(self.raw.scenarios)
 
     @property
     def modality_meta(self):
         return meta_from_json(self.meta)
 
     def previous_state(self) -> RefreshState | None:
-        return RefreshState.load(self.previous) if self.previous else None
+        return self.raw.previous
 
     def save(self, path: Path) -> None:
         write_json(path, asdict(self))
@@ -133,22 +131,9 @@ def build_options(cfg) -> dict:
     return {k: v for k, v in asdict(cfg).items() if k not in RUN_OPTIONS}
 
 
-def raw_listing(inputs: RawInputs) -> list[list]:
-    """Every raw input file with its size and modification time: a cheap identity of the raw data."""
-    paths = [*inputs.events, inputs.users, inputs.scenarios, inputs.labels, inputs.qa, inputs.topics,
-             inputs.modalities_meta]  # fmt: skip
-    out = []
-    for p in paths:
-        if p is None:
-            continue
-        st = Path(p).stat()
-        out.append([str(Path(p).resolve()), st.st_size, st.st_mtime_ns])
-    return out
-
-
-def input_listing(cfg, inputs: RawInputs) -> list[list]:
+def input_listing(cfg, paths: InputPaths) -> list[list]:
     """The raw listing, plus a refresh's previous state: what a plan is made from."""
-    listing = raw_listing(inputs)
+    listing = paths.listing()
     if cfg.previous:
         state = Path(cfg.previous) / REFRESH_DIR / "state.json"
         if state.exists():
@@ -157,36 +142,37 @@ def input_listing(cfg, inputs: RawInputs) -> list[list]:
     return listing
 
 
-def locate_inputs(cfg) -> RawInputs:
-    return RawInputs.locate(
+def locate_inputs(cfg) -> InputPaths:
+    return InputPaths.locate(
         cfg.raw, events=cfg.events, users=cfg.users, scenarios=cfg.scenarios, labels=cfg.labels, qa=cfg.qa,
         topics=cfg.topics, modalities_meta=cfg.modalities_meta,
     )  # fmt: skip
+
+
+def read_build_inputs(cfg) -> RawInputs:
+    """The build's raw folder (``cfg.raw`` and the per-file overrides, a refresh's ``cfg.previous``),
+    read and checked once."""
+    return RawInputs.read(locate_inputs(cfg), previous=cfg.previous or None)
 
 
 def fingerprint(options: dict, listing: list[list], partitions: int) -> str:
     return stable_hexdigest(json.dumps([options, listing, partitions], sort_keys=True, default=str), 16)
 
 
-def make_plan(cfg, partitions: int) -> BuildPlan:
-    """The plan stage: check every input's schema, count empty event files, choose modalities, caps,
-    modality metadata and the cutoff (one pass over the events' modality, ts and value columns). A
-    refresh (``cfg.previous``) adds the previous build's counts of the raw files it does not read."""
-    inputs = locate_inputs(cfg)
+def make_plan(cfg, partitions: int, inputs: RawInputs | None = None) -> BuildPlan:
+    """The plan stage: from the checked raw folder (``inputs``, read here when not given), choose
+    modalities, caps, modality metadata and the cutoff (one pass over the events' modality, ts and
+    value columns). A refresh (``cfg.previous``) adds the previous build's counts of the raw files it
+    does not read."""
+    inputs = inputs if inputs is not None else read_build_inputs(cfg)
     tz = check_timezone(cfg.timezone)
-    previous = _previous_state(cfg)
+    previous = _previous_state(cfg, inputs)
     skipped: dict[str, int] = dict(previous.skipped) if previous else {}
     if previous and previous.events_before_window:  # gone from the kept events, still counted
         skipped["events_outside_windows"] = previous.events_before_window
-    files = []
-    for path in inputs.events:
-        check_columns(path, read_schema(path), EVENTS_COLUMNS)
-        if _row_count(path) == 0:
-            count_skip(skipped, "empty_event_files", 1, f"empty events file {path}")
-        else:
-            files.append(path)
-    if not files and previous is None:
-        raise DataError(inputs.events[0].parent, "every events file is empty")
+    for path in inputs.empty_events:
+        count_skip(skipped, "empty_event_files", 1, f"empty events file {path}")
+    files = list(inputs.events)
     valued: Counter = Counter(previous.valued if previous else {})
     days = previous.day_frame() if previous else None
     if files:
@@ -195,28 +181,23 @@ def make_plan(cfg, partitions: int) -> BuildPlan:
         valued.update({m: int(n) for m, n in modality_values.iter_rows() if m is not None})
         new_days = day_counts(scan.select("ts"), tz)
         days = new_days if days is None else add_day_counts(days, new_days)
-    modalities = cfg.modality_list() or infer_modalities(inputs, set(valued))
+    modalities = cfg.modality_list() or _infer_modalities(inputs, set(valued))
     for m in modalities:  # each names vocab/<m>.parquet and vectors/<m>.npy
         check_name(m, "--modalities" if cfg.modalities else "modality (from the events or modalities.json)")
     event_mods = event_modalities(modalities)
     if not event_mods:
         raise ValueError("modalities must name at least one event modality")
     caps = resolve_caps(modalities, parse_caps(cfg.max_events))
-    scenarios = load_scenarios(inputs.scenarios)
+    _check_rule_modalities(inputs, event_mods)
+    if inputs.topics is not None:
+        check_topic_modalities(inputs.topics, event_mods, inputs.paths.topics)
     features: list[str] = []
     if inputs.users is not None:
-        features = (
-            check_users_schema(inputs.users, read_schema(inputs.users)) if TABULAR in modalities else []
-        )
+        features = list(inputs.users.features) if TABULAR in modalities else []
     elif TABULAR in modalities:
         raise DataError("users.parquet", "file not found (needed for the 'tabular' modality)")
-    labelled: list[str] = []
-    if inputs.labels is not None:
-        labels = read_labels(inputs.labels, {s.name for s in scenarios})
-        labelled = sorted(set(labels["scenario"].to_list()))
-    if inputs.qa is not None:
-        read_external_qa(inputs.qa)  # checked once here; tasks read their users' rows
-    meta = resolve_modalities_meta(inputs.modalities_meta, event_mods, dict(valued))
+    labelled = list(inputs.labels.scenarios) if inputs.labels is not None else []
+    meta = resolve_modalities_meta(inputs.modalities, inputs.paths.modalities, event_mods, dict(valued))
     if cfg.cutoff:
         cutoff = resolve_cutoff(cfg.cutoff, tz)
     else:
@@ -227,44 +208,48 @@ def make_plan(cfg, partitions: int) -> BuildPlan:
             "--cutoff", f"{cutoff.isoformat()} is before the previous data set's cutoff {previous.cutoff}",
             expected="a refresh rolls the windows forward (events before the previous window are not kept)",
         )  # fmt: skip
-    options, listing = build_options(cfg), input_listing(cfg, inputs)
+    options, listing = build_options(cfg), input_listing(cfg, inputs.paths)
     return BuildPlan(
         fingerprint=fingerprint(options, listing, partitions), partitions=partitions, config=options,
-        raw_files=listing, events=[str(p) for p in files], users=_str(inputs.users),
-        scenarios_path=str(inputs.scenarios), labels=_str(inputs.labels), qa=_str(inputs.qa),
-        topics=_str(inputs.topics), modalities=modalities, event_mods=event_mods, caps=caps, features=features,
-        meta=meta_to_json(meta), cutoff=cutoff.isoformat(), labelled_scenarios=labelled, skipped=skipped,
+        raw_files=listing, events=[str(p) for p in files], inputs=inputs.to_json(), modalities=modalities,
+        event_mods=event_mods, caps=caps, features=features, meta=meta_to_json(meta), cutoff=cutoff.isoformat(),
+        labelled_scenarios=labelled, skipped=skipped,
         scatter_files=balance([p.stat().st_size for p in files], partitions), day_counts=day_counts_json(days),
         valued=dict(sorted(valued.items())), previous=str(Path(cfg.previous)) if previous else None,
         events_before_window=previous.events_before_window if previous else 0,
     )  # fmt: skip
 
 
-def _previous_state(cfg) -> RefreshState | None:
-    """A refresh's previous data set, checked: a refreshable data set of this version, built with
-    the same options, and not the folder being written."""
+def _infer_modalities(inputs: RawInputs, found: set[str]) -> list[str]:
+    """The modalities a build uses when none are given: ``modalities.json``'s order if present, else
+    every modality ``found`` in the events (sorted), plus ``tabular`` when the users table has
+    features."""
+    mods = [m.name for m in inputs.modalities] if inputs.modalities is not None else sorted(found)
+    if inputs.users is not None and inputs.users.features:
+        mods.append(TABULAR)
+    return mods
+
+
+def _check_rule_modalities(inputs: RawInputs, event_mods: list[str]) -> None:
+    """A scenario's rule may only name modalities the build has (else its labels would all be 0)."""
+    for s in inputs.scenarios:
+        unknown = [m for m in s.modalities if m not in event_mods]
+        if unknown:
+            raise DataError(inputs.paths.scenarios, f"rule names modality {unknown[0]!r}", entry=repr(s.name),
+                            expected=f"one of the build's event modalities {event_mods}")  # fmt: skip
+
+
+def _previous_state(cfg, inputs: RawInputs) -> RefreshState | None:
+    """A refresh's previous data set (read by the contract), checked: built with the same options,
+    and not the folder being written."""
     if not cfg.previous:
         return None
-    state = RefreshState.load(cfg.previous)
+    state = inputs.previous
     if Path(cfg.previous).resolve() == Path(cfg.out).resolve():
         raise DataError("--out", f"{cfg.out} is the --previous data set",
                         expected="a new folder: the previous data set is read while the new one is built")  # fmt: skip
     state.check_options(build_options(cfg), Path(cfg.previous) / REFRESH_DIR / "state.json")
     return state
-
-
-def _str(p: Path | None) -> str | None:
-    return None if p is None else str(p)
-
-
-def _row_count(path: Path) -> int:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.ParquetFile(path).metadata.num_rows
-    except (pa.ArrowInvalid, OSError) as err:
-        raise DataError(path, f"corrupt parquet metadata: {err}") from None
 
 
 class WorkFolder:

@@ -31,10 +31,11 @@ from typing import Literal
 
 from data_modules.builder.finish import finish_into
 from data_modules.builder.merge import merged_stats
-from data_modules.builder.plan import BuildPlan, WorkFolder, check_task_matches, make_plan
+from data_modules.builder.plan import BuildPlan, WorkFolder, check_task_matches, make_plan, read_build_inputs
 from data_modules.builder.scatter import run_scatter
 from data_modules.builder.shards import run_shards
 from data_modules.builder.stats import run_stats
+from data_modules.contract.inputs import RawInputs
 from data_modules.dataset.manifest import Manifest
 from data_modules.util.atomic import atomic_dir, stale_siblings
 from data_modules.util.errors import DataError
@@ -136,14 +137,18 @@ class BuildConfig:
         return [m.strip() for m in self.modalities.split(",") if m.strip()] if self.modalities else None
 
 
-def build(cfg: BuildConfig) -> Manifest | dict:
+def build(cfg: BuildConfig, inputs: RawInputs | None = None) -> Manifest | dict:
     """Run the build (``cfg.stage == "all"``) or one stage of a partitioned build. The whole build
-    returns the manifest; a stage returns what it did."""
+    returns the manifest; a stage returns what it did. ``inputs``: the raw folder already read (an
+    experiment reads it once for its two builds); else the whole build and the plan stage read it
+    here, before anything is written. Later stages take the plan's copy."""
+    if cfg.stage in ("all", "plan"):
+        inputs = inputs if inputs is not None else read_build_inputs(cfg)
     if cfg.stage == "all":
-        return _build_all(cfg)
+        return _build_all(cfg, inputs)
     work = WorkFolder.beside(cfg.out)
     if cfg.stage == "plan":
-        return _plan_stage(cfg, work)
+        return _plan_stage(cfg, work, inputs)
     plan = work.load_plan()
     check_task_matches(plan, cfg, work.plan_path)
     if cfg.stage in ("scatter", "stats", "shards"):
@@ -170,12 +175,13 @@ def _check_out(final: Path) -> None:
                         expected="an empty or new folder, or a data set built before")  # fmt: skip
 
 
-def _build_all(cfg: BuildConfig) -> Manifest:
+def _build_all(cfg: BuildConfig, inputs: RawInputs) -> Manifest:
     """The whole build in this process: one partition, staged in a temporary folder beside
     ``cfg.out`` and swapped into place at the end, so a killed rebuild leaves the old data set whole
     (never old and new files mixed); one build at a time per folder."""
     final = Path(cfg.out)
     _check_out(final)
+    plan = make_plan(cfg, 1, inputs)  # every check of the inputs and options before anything is written
     with FolderLock(final.with_name(f".{final.name}.lock"), f"data set {final}"):
         for stale in stale_siblings(final):  # left by a killed build (we hold the lock)
             shutil.rmtree(stale, ignore_errors=True)
@@ -183,7 +189,6 @@ def _build_all(cfg: BuildConfig) -> Manifest:
         scratch = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-work-", dir=final.parent))
         try:
             work, spec = WorkFolder(scratch), PartitionSpec(0, 1)
-            plan = make_plan(cfg, 1)
             run_stats(plan, work, spec)
             merged = merged_stats(plan, work)
             run_shards(plan, work, spec, merged, cfg.workers)
@@ -194,13 +199,13 @@ def _build_all(cfg: BuildConfig) -> Manifest:
     return manifest
 
 
-def _plan_stage(cfg: BuildConfig, work: WorkFolder) -> dict:
+def _plan_stage(cfg: BuildConfig, work: WorkFolder, inputs: RawInputs) -> dict:
     """Check the inputs and write ``plan.json``; the same plan again keeps the partitions already
     built (a resubmitted job resumes), a different one starts the work folder afresh."""
     if not 1 <= cfg.partitions <= MAX_PARTITIONS:
         raise DataError("--partitions", f"{cfg.partitions}", expected=f"1 to {MAX_PARTITIONS}")
     _check_out(Path(cfg.out))
-    plan = make_plan(cfg, cfg.partitions)
+    plan = make_plan(cfg, cfg.partitions, inputs)
     with FolderLock(work.root.with_name(work.root.name + ".lock"), f"build work folder {work.root}"):
         if work.plan_path.exists():
             old = _try_load(work)

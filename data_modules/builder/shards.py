@@ -15,7 +15,6 @@ import pyarrow as pa
 
 from data_modules.builder.plan import BuildPlan, WorkFolder, publish_dir
 from data_modules.contract.scenarios import Scenario
-from data_modules.contract.tables import read_external_qa, read_labels
 from data_modules.dataset.manifest import file_entry
 from data_modules.dataset.schemas import BENCHMARK_SCHEMA, shard_schema
 from data_modules.supervision.pairs import QAReport, QASpec, Supervision
@@ -51,7 +50,8 @@ def _shards_into(plan: BuildPlan, stats: Path, spec: PartitionSpec, merged, out:
     owned = in_partition(spec)
     kept = pl.read_parquet(stats / "users.parquet")
     skipped: dict[str, int] = {}
-    external = read_external_qa(Path(plan.qa), owned) if plan.qa else None
+    raw = plan.raw
+    external = raw.qa.read(owned) if raw.qa else None
     if external is not None:
         known = external["user_id"].is_in(kept["user_id"].implode())
         count_skip(
@@ -80,7 +80,7 @@ def _shards_into(plan: BuildPlan, stats: Path, spec: PartitionSpec, merged, out:
         report.answers.update(answers)
         report.dropped.update(dropped)
         report.emptied += emptied
-    labels = read_labels(Path(plan.labels), {s.name for s in scenarios}, owned) if plan.labels else None
+    labels = raw.labels.read({s.name for s in scenarios}, owned) if raw.labels else None
     for s in scenarios:
         table = _benchmark_rows(
             s, kept, positives[s.name], labels, s.name in plan.labelled_scenarios, cfg, skipped

@@ -64,7 +64,8 @@ def _stats_into(plan: BuildPlan, spec: PartitionSpec, out: Path, work: WorkFolde
             events = clean_events(_partition_rows(work, spec), Path(spool), skipped, cfg["max_text_chars"],
                                   **clean_options)  # fmt: skip
         events, windows = _cut_windows(events, plan.cutoff_time, cfg, skipped)
-        users, _ = read_users(Path(plan.users) if plan.users else None, bool(plan.features), owned)
+        users, _ = read_users(None, bool(plan.features)) if plan.raw.users is None else (
+            plan.raw.users.read(bool(plan.features), owned))  # fmt: skip
         kept = _select_users(events, users, skipped)
         kept = _assign_shards(kept, cfg["users_per_shard"])
         _history_combos(events).write_parquet(out / "combos.parquet")

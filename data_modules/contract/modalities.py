@@ -16,12 +16,21 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
+from data_modules.contract.json_files import (
+    check_unique,
+    entries,
+    read_json_file,
+    text_field,
+    warn_unknown_keys,
+)
 from data_modules.contract.names import check_name
-from data_modules.util.atomic import read_json
 from data_modules.util.errors import DataError
 
 VALUE_KINDS = ("number", "amount", "rating", "count", "duration")
+SHAPE = "a list of {name, description?, unit?, value_kind?}, or a mapping name -> object (or -> description)"
+KEYS = ("name", "description", "unit", "value_kind")
 
 
 @dataclass(frozen=True)
@@ -42,61 +51,53 @@ class ModalityMeta:
         return f"{number} {self.unit}" if self.unit else number
 
 
-def read_modalities_meta(path: str | Path) -> list[ModalityMeta]:
-    """Parse ``modalities.json``; every problem names the file and the entry."""
-    path = Path(path)
-    raw = read_json(path)
-    if isinstance(raw, dict):
-        raw = [{"name": name, **(body or {})} for name, body in raw.items()]
-    if not isinstance(raw, list):
-        raise DataError(path, "expected a list of modality objects or a mapping name -> object")
-    out, seen = [], set()
-    for i, item in enumerate(raw):
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item["name"]:
-            raise DataError(path, "entry has no 'name'", row=i, expected="an object with a non-empty name")
-        check_name(item["name"], path, row=i)  # it names vocab/<name>.parquet and vectors/<name>.npy
-        unknown = set(item) - {"name", "description", "unit", "value_kind"}
-        if unknown:
-            raise DataError(
-                path,
-                f"unknown fields {sorted(unknown)}",
-                row=item["name"],
-                expected="name, description, unit, value_kind",
-            )
+def parse_modalities_meta(path: Path, raw: Any) -> tuple[ModalityMeta, ...]:
+    """``modalities.json``'s parsed JSON; every wrong shape names the file and the entry."""
+    items = entries(path, raw, SHAPE, value_key="description")
+    out = []
+    for where, item in items:
+        warn_unknown_keys(path, where, item, KEYS)
+        name = text_field(path, where, item, "name", required=True)
+        check_name(name, path, entry=where)  # it names vocab/<name>.parquet and vectors/<name>.npy
         kind = item.get("value_kind", "number")
         if kind not in VALUE_KINDS:
-            raise DataError(
-                path, f"value_kind '{kind}'", row=item["name"], expected=f"one of {list(VALUE_KINDS)}"
-            )
-        for key in ("description", "unit"):
-            if not isinstance(item.get(key, ""), str):
-                raise DataError(path, f"'{key}' is not a string", row=item["name"])
-        if item["name"] in seen:
-            raise DataError(path, "duplicate modality", row=item["name"])
-        seen.add(item["name"])
-        out.append(ModalityMeta(item["name"], item.get("description", ""), item.get("unit", ""), kind))
-    return out
+            raise DataError(path, f"value_kind {kind!r}", entry=where, expected=f"one of {list(VALUE_KINDS)}")
+        description = text_field(path, where, item, "description", required=False)
+        unit = text_field(path, where, item, "unit", required=False)
+        out.append(ModalityMeta(name, description, unit, kind))
+    check_unique(path, [(w, m.name) for (w, _), m in zip(items, out)], "modality")
+    return tuple(out)
+
+
+def read_modalities_meta(path: str | Path) -> tuple[ModalityMeta, ...]:
+    """Read ``modalities.json``."""
+    path = Path(path)
+    return parse_modalities_meta(path, read_json_file(path, SHAPE))
 
 
 def resolve_modalities_meta(
-    path: str | Path | None, event_mods: Iterable[str], valued: Mapping[str, int]
+    declared: tuple[ModalityMeta, ...] | None,
+    path: Path | None,
+    event_mods: Iterable[str],
+    valued: Mapping[str, int],
 ) -> dict[str, ModalityMeta]:
-    """Metadata for every event modality: the file's entries (checked against the data), plain defaults otherwise.
+    """Metadata for every event modality: the declared entries (``modalities.json`` at ``path``, checked
+    against the data), plain defaults otherwise.
 
     ``valued``: modality -> events with a non-null value, for every modality present in the events.
     """
     event_mods = list(event_mods)
-    given = {m.name: m for m in read_modalities_meta(path)} if path is not None else {}
+    given = {m.name: m for m in declared or ()}
     for name, meta in given.items():
         if name not in event_mods or name not in valued:
             raise DataError(
                 path, f"names modality '{name}', which is not among the data's event modalities",
-                row=name, expected=f"one of {sorted(set(event_mods) & set(valued))}",
+                entry=repr(name), expected=f"one of {sorted(set(event_mods) & set(valued))}",
             )  # fmt: skip
         if (meta.unit or meta.value_kind != "number") and not valued[name]:
             raise DataError(
                 path, f"modality '{name}' has a unit/value_kind but its events carry no values",
-                row=name, expected="a 'value' column with numbers for this modality, or no unit",
+                entry=repr(name), expected="a 'value' column with numbers for this modality, or no unit",
             )  # fmt: skip
     return {m: given.get(m, ModalityMeta(m)) for m in event_mods}
 

@@ -17,9 +17,11 @@ def is_safe_name(name: object) -> bool:
     return isinstance(name, str) and bool(_SAFE.fullmatch(name)) and ".." not in name
 
 
-def check_name(name: str, what: str | Path, *, row: int | str | None = None) -> str:
+def check_name(name: str, what: str | Path, *, row: int | str | None = None, entry: str | None = None) -> str:
     """``name`` if it is a safe single path component, else a DataError naming ``what`` (an option,
     or the file the name came from, with ``row``)."""
     if not is_safe_name(name):
-        raise DataError(what, f"'{name}' cannot be used as a file name", row=row, expected=SAFE_NAME)
+        raise DataError(
+            what, f"'{name}' cannot be used as a file name", row=row, entry=entry, expected=SAFE_NAME
+        )
     return name

@@ -1,9 +1,9 @@
-"""Reading and validating raw inputs: every problem is an error naming the file and column/row."""
+"""The raw tables' rows, checked: users, labels, external QA pairs (every problem names the file,
+column and row). :class:`~data_modules.contract.inputs.RawInputs` holds them as handles."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
@@ -12,7 +12,6 @@ import pyarrow as pa
 from data_modules.contract.columns import (
     LABELS_COLUMNS,
     QA_COLUMNS,
-    TABULAR,
     check_columns,
     check_users_schema,
     read_schema,
@@ -20,91 +19,6 @@ from data_modules.contract.columns import (
 from data_modules.util.errors import DataError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RawInputs:
-    """Resolved paths of one raw data set (``--raw DIR`` plus optional per-file overrides)."""
-
-    events: list[Path]
-    users: Path | None
-    scenarios: Path
-    labels: Path | None = None
-    qa: Path | None = None
-    topics: Path | None = None
-    modalities_meta: Path | None = None
-    skipped: dict[str, int] = field(default_factory=dict)
-
-    @classmethod
-    def locate(
-        cls,
-        raw: str | Path | None,
-        *,
-        events: str | Path | None = None,
-        users: str | Path | None = None,
-        scenarios: str | Path | None = None,
-        labels: str | Path | None = None,
-        qa: str | Path | None = None,
-        topics: str | Path | None = None,
-        modalities_meta: str | Path | None = None,
-    ) -> RawInputs:
-        raw = Path(raw) if raw is not None else None
-
-        def pick(explicit, *names):
-            if explicit is not None:
-                return Path(explicit)
-            if raw is None:
-                return None
-            for name in names:
-                if (raw / name).exists():
-                    return raw / name
-            return None
-
-        events_path = pick(events, "events", "events.parquet")
-        if events_path is None:
-            raise DataError(
-                raw or "<no --raw>", "no events found", expected="events/*.parquet or events.parquet"
-            )
-        if events_path.is_dir():
-            # flat or partitioned folders (events/day=2026-03-01/*.parquet); hidden files are not data
-            files = sorted(
-                f
-                for f in events_path.rglob("*.parquet")
-                if not any(part.startswith(".") for part in f.relative_to(events_path).parts)
-            )
-            if not files:
-                raise DataError(events_path, "directory holds no *.parquet files")
-        elif events_path.exists():
-            files = [events_path]
-        else:
-            raise DataError(events_path, "file not found")
-        scen = pick(scenarios, "scenarios.json")
-        if scen is None:
-            raise DataError(raw or "<no --raw>", "no scenarios.json found")
-        return cls(
-            events=files,
-            users=pick(users, "users.parquet"),
-            scenarios=scen,
-            labels=pick(labels, "labels.parquet"),
-            qa=pick(qa, "qa.parquet"),
-            topics=pick(topics, "topics.json"),
-            modalities_meta=pick(modalities_meta, "modalities.json"),
-        )
-
-
-def infer_modalities(inputs: RawInputs, found: set[str]) -> list[str]:
-    """The modalities a build uses when none are given: ``modalities.json``'s order if present, else
-    every modality ``found`` in the events (sorted), plus ``tabular`` when the users table has
-    features."""
-    from data_modules.contract.modalities import read_modalities_meta
-
-    if inputs.modalities_meta is not None:
-        mods = [m.name for m in read_modalities_meta(inputs.modalities_meta)]
-    else:
-        mods = sorted(found)
-    if inputs.users is not None and len(read_schema(inputs.users).names) > 1:
-        mods.append(TABULAR)
-    return mods
 
 
 def read_users(

@@ -24,11 +24,22 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-from data_modules.util.atomic import read_json
+from data_modules.contract.json_files import (
+    check_unique,
+    entries,
+    json_type,
+    read_json_file,
+    string_list,
+    text_field,
+    warn_unknown_keys,
+)
 from data_modules.util.errors import DataError
 
 TOPIC_KINDS = ("events", "recency", "trend")
+SHAPE = "a list of {name, question, keywords?, modalities?, categories?, kind?}, or a mapping name -> object"
+KEYS = ("name", "question", "keywords", "modalities", "categories", "kind")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -89,51 +100,45 @@ def topic(
     )
 
 
-def load_topics(path: str | Path, event_mods: Sequence[str]) -> tuple[Topic, ...]:
-    """A JSON list of ``{name, question, keywords?, modalities?, categories?, kind?}`` objects.
-
-    Every modality a topic names must be one of ``event_mods`` (the configured ones)."""
-    path = Path(path)
-    raw = read_json(path)
-    if not isinstance(raw, list) or not raw:
-        raise DataError(path, "expected a non-empty JSON list of topic objects")
-    topics, seen = [], set()
-    for i, item in enumerate(raw):
-        where = f"{i} ({item.get('name')})" if isinstance(item, dict) else i
-        if not isinstance(item, dict):
-            raise DataError(path, "topic is not an object", row=where)
-        for key in ("name", "question"):
-            if not isinstance(item.get(key), str) or not item[key].strip():
-                raise DataError(path, f"topic has no '{key}'", row=where, expected="a non-empty string")
-        for key in ("keywords", "modalities", "categories"):
-            value = item.get(key, [])
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise DataError(path, f"'{key}' is not a list of strings", row=where, column=key)
-        unknown = [m for m in item.get("modalities", []) if m not in event_mods]
-        if unknown:
-            raise DataError(
-                path, f"unknown modality {unknown[0]!r}", row=where, column="modalities",
-                expected=f"one of the configured event modalities {list(event_mods)}",
-            )  # fmt: skip
+def parse_topics(path: Path, raw: Any) -> tuple[Topic, ...]:
+    """``topics.json``'s parsed JSON: a list of ``{name, question, keywords?, modalities?,
+    categories?, kind?}`` objects, or a mapping name -> object (or -> question)."""
+    items = entries(path, raw, SHAPE, value_key="question")
+    out = []
+    for where, item in items:
+        warn_unknown_keys(path, where, item, KEYS)
+        name = text_field(path, where, item, "name", required=True)
+        question = text_field(path, where, item, "question", required=True)
+        keywords = item.get("keywords", [""])
+        if not isinstance(keywords, list) or not all(isinstance(k, str) for k in keywords):
+            raise DataError(path, f"'keywords' is {json_type(keywords)}" if not isinstance(keywords, list)
+                            else "'keywords' holds a value that is not a string", entry=where,
+                            expected="a list of strings (\"\" matches every event)")  # fmt: skip
+        modalities = string_list(path, where, item, "modalities")
+        categories = string_list(path, where, item, "categories")
         kind = item.get("kind", "events")
         if kind not in TOPIC_KINDS:
-            raise DataError(
-                path, f"kind '{kind}'", row=where, column="kind", expected=f"one of {list(TOPIC_KINDS)}"
-            )
-        if item["name"] in seen:
-            raise DataError(path, "duplicate topic name", row=where, column="name")
-        seen.add(item["name"])
-        topics.append(
-            topic(
-                item["name"],
-                item["question"],
-                item.get("keywords") or [""],
-                item.get("modalities", []),
-                item.get("categories", []),
-                kind,
-            )  # fmt: skip
-        )
-    return tuple(topics)
+            raise DataError(path, f"kind {kind!r}", entry=where, expected=f"one of {list(TOPIC_KINDS)}")
+        out.append(topic(name, question, keywords or [""], modalities, categories, kind))
+    check_unique(path, [(w, t.name) for (w, _), t in zip(items, out)], "topic")
+    return tuple(out)
+
+
+def check_topic_modalities(topics: Sequence[Topic], event_mods: Sequence[str], path: str | Path) -> None:
+    """Every modality a topic names must be one of ``event_mods`` (the configured ones)."""
+    for t in topics:
+        unknown = [m for m in t.modalities if m not in event_mods]
+        if unknown:
+            raise DataError(path, f"unknown modality {unknown[0]!r}", entry=repr(t.name), column="modalities",
+                            expected=f"one of the configured event modalities {list(event_mods)}")  # fmt: skip
+
+
+def load_topics(path: str | Path, event_mods: Sequence[str]) -> tuple[Topic, ...]:
+    """Read a ``topics.json`` (the raw folder's or a data set's) and check its modalities."""
+    path = Path(path)
+    topics = parse_topics(path, read_json_file(path, SHAPE))
+    check_topic_modalities(topics, event_mods, path)
+    return topics
 
 
 def save_topics(path: str | Path, topics: Sequence[Topic]) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 
 from data_modules.contract.modalities import ModalityMeta
-from data_modules.contract.topics import Topic, load_topics
+from data_modules.contract.topics import Topic
 from data_modules.supervision import templated as qa
 from data_modules.supervision.topics import derive_topics
 
@@ -105,15 +105,17 @@ def seen_combos(frames: Sequence[pl.DataFrame | None]) -> pl.DataFrame:
 
 
 def topic_pool(
-    path: str | Path | None,
+    given: tuple[Topic, ...] | None,
+    source: str | Path | None,
     event_mods: list[str],
     combos: pl.DataFrame,
     meta: Mapping[str, ModalityMeta],
     max_categories: int,
 ) -> tuple[tuple[Topic, ...], str]:
-    """(topics, where they came from): the given file, or a pool derived from the seen events."""
-    if path is not None:
-        return load_topics(path, event_mods), str(path)
+    """(topics, where they came from): the raw folder's (``given``, read from ``source`` and checked
+    against ``event_mods`` by the plan), or a pool derived from the seen events."""
+    if given is not None:
+        return given, str(source)
     counts: dict[str, dict[str, int]] = {}
     for mod, cat, n in (
         combos.drop_nulls("category").group_by("modality", "category").agg(pl.col("count").sum()).iter_rows()

@@ -15,6 +15,7 @@ class DataError(ValueError):
         *,
         column: str | None = None,
         row: int | str | None = None,
+        entry: str | None = None,
         expected: str | None = None,
     ) -> None:
         if problem is None:  # rebuilt from its message (a DataLoader worker re-raises it so)
@@ -26,6 +27,8 @@ class DataError(ValueError):
             where += f", column '{column}'"
         if row is not None:
             where += f", row {row}"
+        if entry is not None:  # an entry of a JSON file: its index and name, or its key
+            where += f", entry {entry}"
         message = f"{where}: {problem}"
         if expected:
             message += f" (expected {expected})"

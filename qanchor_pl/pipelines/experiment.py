@@ -17,15 +17,19 @@ exists, so a re-run resumes. Model size, steps and data caps come from recipes.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from data_modules.util.errors import DataError
+
+if TYPE_CHECKING:
+    from data_modules.contract.inputs import RawInputs
 
 # name -> (table row, dotted overrides of the pretraining recipe)
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -261,18 +265,20 @@ class TimeSplit:
         )
 
 
-def derive_split(cfg: ExperimentConfig) -> TimeSplit:
+def derive_split(cfg: ExperimentConfig, inputs: RawInputs | None = None) -> TimeSplit:
     """The two cutoffs from the data (or the overrides), checked: labels inside the data, the
     pretraining data's future window ending no later than the labels' start."""
     import polars as pl
 
     from data_modules.builder.cutoff import check_timezone, day_counts, default_cutoff, resolve_cutoff
     from data_modules.builder.events import scan_event_columns
-    from data_modules.contract.tables import RawInputs
 
     tz = check_timezone(cfg.timezone)
-    inputs = RawInputs.locate(cfg.raw)
-    events = scan_event_columns(inputs.events)  # the build checks every row; here only times
+    if inputs is None:
+        from data_modules.contract.inputs import read_inputs
+
+        inputs = read_inputs(cfg.raw)
+    events = scan_event_columns(list(inputs.events))  # the build checks every row; here only times
     first, last = (
         events.select(pl.col("ts").min().alias("first"), pl.col("ts").max().alias("last")).collect().row(0)
     )
@@ -298,7 +304,7 @@ def derive_split(cfg: ExperimentConfig) -> TimeSplit:
 
 
 # -- stages --------------------------------------------------------------------------------------
-def _data(cfg: ExperimentConfig, root: Path, split: TimeSplit) -> tuple[Path, Path]:
+def _data(cfg: ExperimentConfig, root: Path, split: TimeSplit, inputs: RawInputs) -> tuple[Path, Path]:
     """(pretraining data, evaluation data), built and encoded."""
     from data_modules.builder.runner import BuildConfig, build
     from data_modules.encode.dataset import encode_dataset
@@ -315,7 +321,7 @@ def _data(cfg: ExperimentConfig, root: Path, split: TimeSplit) -> tuple[Path, Pa
                     future_events=data == pretrain_data,
                     # the pretraining build's benchmarks are never probed: no class check there
                     min_class_users=1 if data == eval_data else 0,
-                ))  # fmt: skip
+                ), inputs)  # fmt: skip
             # skipped when already encoded by this encoder; the second build copies the texts the
             # first one encoded, and every build copies those of earlier experiments (seeds)
             earlier = [Path(o) / d for o in cfg.reuse_from for d in ("data-pretrain", "data")]
@@ -501,13 +507,17 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
 
     if cfg.seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {cfg.seeds}")
+    from data_modules.contract.inputs import read_inputs
+
     quiet_libraries()
+    inputs = read_inputs(cfg.raw)  # the raw folder read and checked once, before anything is written
+    run = functools.partial(_run, inputs=inputs)
     torch.set_num_threads(cfg.threads)
     with threadpool_limits(limits=cfg.threads):
-        return run_seeds(cfg, _run) if cfg.seeds > 1 else _run(cfg)
+        return run_seeds(cfg, run) if cfg.seeds > 1 else run(cfg)
 
 
-def _run(cfg: ExperimentConfig) -> dict[str, Any]:
+def _run(cfg: ExperimentConfig, inputs: RawInputs) -> dict[str, Any]:
     from data_modules.util.atomic import atomic_path, write_json
     from qanchor_pl.config import EvaluateConfig
     from qanchor_pl.eval.evaluate import BASELINES, comparisons_markdown, markdown, run_evaluate
@@ -519,9 +529,9 @@ def _run(cfg: ExperimentConfig) -> dict[str, Any]:
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
         raise ValueError(f"unknown baselines {unknown}; known: {list(BASELINES)}")
-    split = derive_split(cfg)
+    split = derive_split(cfg, inputs)
     status("time split: " + split.describe())
-    pretrain_data, data = _data(cfg, root, split)
+    pretrain_data, data = _data(cfg, root, split, inputs)
     _qa_synth(cfg, pretrain_data)
     exports = {name: _pretrain(cfg, root, pretrain_data, name) for name in variants}
     untrained = _untrained(cfg, root, data)
