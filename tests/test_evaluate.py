@@ -12,7 +12,8 @@ from scipy import sparse
 from data_modules.contract.scenarios import load_scenarios
 from data_modules.dataset.manifest import Manifest
 from data_modules.encode.dataset import load_vectors
-from qanchor_pl.eval.evaluate import auc_ks, event_count_features, probe, profile_texts, time_window_features
+from qanchor_pl.eval.evaluate import auc_ks, probe
+from qanchor_pl.eval.features import event_count_features, profile_texts, time_window_features
 from tests.conftest import run_qanchor
 from tests.helpers.tb import scalars
 
@@ -219,7 +220,8 @@ def test_the_validation_split_is_the_tuning_carve_of_the_train_users_only(built)
 def test_every_scenario_of_a_validation_table_scores_its_carve_and_never_a_test_user(built):
     """Each scenario's cell is scored on that scenario's validation carve: the loop over scenarios
     must not fall back to the test split after the first one (it once did, through a shadowed name)."""
-    from qanchor_pl.eval.evaluate import benchmark, evaluate_features, mean_event_features, split_benchmark
+    from qanchor_pl.eval.evaluate import benchmark, evaluate_features, split_benchmark
+    from qanchor_pl.eval.features import mean_event_features
 
     scenarios = [s.name for s in load_scenarios(built / "scenarios.json")][:3]
     metrics, curves = evaluate_features(mean_event_features(built), built, scenarios, split="validation")
@@ -231,7 +233,8 @@ def test_every_scenario_of_a_validation_table_scores_its_carve_and_never_a_test_
 
 
 def test_probing_scenarios_in_parallel_gives_the_figures_of_one_at_a_time(built):
-    from qanchor_pl.eval.evaluate import evaluate_features, mean_event_features
+    from qanchor_pl.eval.evaluate import evaluate_features
+    from qanchor_pl.eval.features import mean_event_features
 
     scenarios = [s.name for s in load_scenarios(built / "scenarios.json")]
     feats = mean_event_features(built)

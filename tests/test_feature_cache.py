@@ -11,8 +11,8 @@ from scipy import sparse
 from data_modules.builder.runner import BuildConfig, build
 from data_modules.dataset.manifest import Manifest
 from data_modules.encode.dataset import encode_dataset, load_vectors
-from qanchor_pl.eval.evaluate import event_count_features, mean_event_features
 from qanchor_pl.eval.feature_cache import cached_features, features_key
+from qanchor_pl.eval.features import event_count_features, mean_event_features
 
 
 def _build(raw, out, *, split_seed=0, cutoff=None, reuse=None):

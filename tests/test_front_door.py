@@ -173,7 +173,7 @@ def test_a_fresh_resume_says_so_logs_steps_and_real_hparams(built, tmp_path):
 def test_a_repeated_evaluation_does_not_double_its_curves(tmp_path):
     import numpy as np
 
-    from qanchor_pl.eval.evaluate import log_tensorboard
+    from qanchor_pl.eval.report import log_tensorboard
 
     rng = np.random.default_rng(0)
     curves = {"row": {"S": (rng.random(50), (rng.random(50) > 0.5).astype(int))}}

@@ -15,7 +15,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-from qanchor_pl.eval.evaluate import category_count_features, embedding_features
+from qanchor_pl.eval.features import category_count_features, embedding_features
 from tests.conftest import run_qanchor
 
 

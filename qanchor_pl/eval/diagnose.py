@@ -59,7 +59,8 @@ def run_diagnose(cfg: DiagnoseConfig) -> dict[str, Any]:
     from data_modules.dataset.splits import in_validation
     from data_modules.loading.datamodule import UserUDataModule
     from data_modules.util.atomic import atomic_path, write_json
-    from qanchor_pl.eval.evaluate import auc_ks, benchmark, mean_event_features, probe
+    from qanchor_pl.eval.evaluate import auc_ks, benchmark, probe
+    from qanchor_pl.eval.features import mean_event_features
     from qanchor_pl.model.load import load_model
     from qanchor_pl.serve.embed import scenario_queries
 

@@ -20,7 +20,9 @@ import polars as pl
 
 from data_modules.contract.scenarios import load_scenarios
 from data_modules.dataset.manifest import Manifest
-from qanchor_pl.eval.evaluate import evaluate_features, mean_event_features, with_average
+from qanchor_pl.eval.evaluate import evaluate_features
+from qanchor_pl.eval.features import mean_event_features
+from qanchor_pl.eval.report import with_average
 
 
 def mean_event_dimensions(data: Path, dims: tuple[int, ...] = (16, 32, 64, 128), seed: int = 0) -> dict:

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from qanchor_pl.pipelines.experiment import ExperimentConfig, Stage, run_experiment, status
+from qanchor_pl.pipelines.experiment import run_experiment
+from qanchor_pl.pipelines.experiment_config import ExperimentConfig
+from qanchor_pl.pipelines.stages import Stage, status
 
 ALL_BASELINES = "minilm,mean-events,category-counts,event-counts,time-windows"
 STATIONARY_BASELINES = "minilm,mean-events,category-counts,event-counts"
