@@ -43,3 +43,37 @@ def test_documented_command_parses(page, command):
     code, out = _main(*argv)
     assert code == 0, f"{page.name}: {command}"
     assert out.strip()
+
+
+def layout_tree() -> dict[str, list[str]]:
+    """docs/architecture.md's Layout tree: folder (relative to the repo) -> the modules it names."""
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    block = re.search(r"## Layout\n.*?```text\n(.*?)```", page, flags=re.S).group(1)
+    tree: dict[str, list[str]] = {}
+    top, current = "", ""
+    for line in block.splitlines():
+        folder = re.match(r"^(\s*)([a-z_]+)/\s*(.*)$", line)
+        if folder:
+            indent, name, rest = folder.groups()
+            current = name if not indent else f"{top}/{name}"
+            top = name if not indent else top
+        else:
+            rest = line.strip()
+        tree.setdefault(current, []).extend(m.strip() for m in rest.split(",") if m.strip())
+    return tree
+
+
+def test_the_layout_names_every_module_and_only_modules_that_exist():
+    tree = layout_tree()
+    assert {"data_modules/contract", "data_modules/builder", "qanchor_pl/eval"} <= set(tree)
+    for folder, modules in tree.items():
+        missing = [m for m in modules if not (ROOT / folder / f"{m}.py").is_file()]
+        assert not missing, f"docs/architecture.md names {folder}/{missing}, which do not exist"
+        present = {p.stem for p in (ROOT / folder).glob("*.py") if p.stem != "__init__"}
+        assert present == set(modules), (
+            f"{folder}: modules not in docs/architecture.md: {sorted(present - set(modules))}"
+        )
+    for package in ("data_modules", "qanchor_pl"):  # every sub-package with modules is in the tree
+        for init in (ROOT / package).glob("*/__init__.py"):
+            folder = str(init.parent.relative_to(ROOT))
+            assert folder in tree or not list(init.parent.glob("[!_]*.py")), folder
