@@ -176,3 +176,14 @@ def test_raw_inputs_are_immutable_and_travel_in_the_plan_unchanged(tmp_path):
     with pytest.raises(AttributeError):
         inputs.scenarios = ()  # frozen
     assert inputs.users.features == ("age", "balance") and inputs.events[0].name == "part-0.parquet"
+
+
+def test_experiment_stops_on_the_reported_shape_before_writing(tmp_path, capsys):
+    """The first new user's case: ``qanchor experiment --raw`` with a mapping whose value is no query."""
+    raw = write_raw(tmp_path)
+    write(raw, "scenarios.json", {"drama40": {"query": "Will dramas dominate?", "rule": "Drama"}})
+    code = main(["experiment", "--raw", str(raw), "--out", str(tmp_path / "exp")])
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("error: ") and "scenarios.json, entry 'drama40': 'rule' is a string" in lines[0]
+    assert not (tmp_path / "exp").exists()
