@@ -185,5 +185,7 @@ def test_experiment_stops_on_the_reported_shape_before_writing(tmp_path, capsys)
     code = main(["experiment", "--raw", str(raw), "--out", str(tmp_path / "exp")])
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert code == 2 and len(lines) == 1, lines
-    assert lines[0].startswith("error: ") and "scenarios.json, entry 'drama40': 'rule' is a string" in lines[0]
+    assert (
+        lines[0].startswith("error: ") and "scenarios.json, entry 'drama40': 'rule' is a string" in lines[0]
+    )
     assert not (tmp_path / "exp").exists()

@@ -182,11 +182,11 @@ def test_the_row_span_rotation_of_wide_features_leaves_the_fitted_probe_unchange
 
 
 def test_wide_count_features_turn_sparse_beyond_the_dense_limit(built, monkeypatch):
-    import qanchor_pl.eval.evaluate as ev
+    import qanchor_pl.eval.features as features
 
     dense_users, dense = event_count_features(built)["*"]
-    monkeypatch.setattr(ev, "DENSE_LIMIT", 10)  # as if the vocabulary were long-tailed
-    sparse_users, wide = ev.event_count_features(built)["*"]
+    monkeypatch.setattr(features, "DENSE_LIMIT", 10)  # as if the vocabulary were long-tailed
+    sparse_users, wide = features.event_count_features(built)["*"]
     assert sparse.issparse(wide) and sparse_users == dense_users
     np.testing.assert_array_equal(wide.toarray(), dense)
 

@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 
-from data_modules.builder import merge as build_merge
+from data_modules.builder import finish
 from data_modules.builder.runner import BuildConfig, build
 
 
@@ -16,6 +16,6 @@ def _die(*args, **kwargs):
 
 
 if __name__ == "__main__":
-    build_merge._write_benchmarks = _die
+    finish._write_benchmarks = _die
     build(BuildConfig(raw=sys.argv[1], out=sys.argv[2], users_per_shard=100, row_group_size=32,
                       tokenizer_vocab=1024, min_class_users=0, split_seed=int(sys.argv[3])))  # fmt: skip
