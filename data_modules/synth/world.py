@@ -1,6 +1,8 @@
-"""A synthetic Alipay-like world in the raw-log contract: the built-in data set for demos and tests.
+"""``qanchor synth``: write a synthetic world as a raw folder in the contract's shape (the built-in
+data set for demos and tests): ``default`` (:mod:`data_modules.synth.default`) or ``dynamic``
+(:mod:`data_modules.synth.dynamic`), both from :mod:`data_modules.synth.catalogue`.
 
-Every user has latent traits (appetite for takeout, culture, green habits, thrift, risk, ...). A
+An Alipay-like world. Every user has latent traits (appetite for takeout, culture, green habits, thrift, risk, ...). A
 trait mix sets the user's daily rate for each *activity*; each activity lives in one modality and
 renders events as text ("Paid 20-50 CNY at Meituan Takeout"). History (90 days) and future (30 days)
 are drawn independently from Poisson processes whose future rates drift per user, so a scenario
@@ -23,6 +25,7 @@ from data_modules.contract.scenarios import save_scenarios
 from data_modules.contract.topics import save_topics
 from data_modules.synth.catalogue import HISTORY_DAYS, MODALITY_META, SCENARIOS, START
 from data_modules.synth.default import generate
+from data_modules.synth.dynamic import generate_dynamic
 from data_modules.synth.topics import WORLD_TOPICS
 from data_modules.util.atomic import write_json, write_parquet
 
@@ -73,8 +76,6 @@ def write_world(
         raise ValueError(f"world must be one of {WORLDS}, got {world!r}")
     out = Path(out)
     if world == "dynamic":
-        from data_modules.synth.dynamic import generate_dynamic
-
         events, users = generate_dynamic(n_users, seed, activity=activity, lead_days=lead_days)
     else:
         events, users = generate(n_users, seed, activity=activity, lead_days=lead_days)
