@@ -82,6 +82,15 @@ BENCH: dict[str, Command] = {
     "qa-synth": Command("qanchor_pl.config:BenchQASynthConfig", "qanchor_pl.cli:_bench_qa_synth",
                         "LLM answer generation: users/s and generated tokens/s"),
 }  # fmt: skip
+ANALYZE: dict[str, Command] = {
+    "attention": Command("qanchor_pl.eval.attention:AttentionConfig", "qanchor_pl.eval.attention:run_attention",
+                         "which inputs each scenario's embedding attends to, base and prompt-tuned (Fig. 7)"),
+}  # fmt: skip
+#: Commands with sub-commands: ``qanchor bench data``, ``qanchor analyze attention``.
+GROUPS: dict[str, tuple[dict[str, Command], str]] = {
+    "bench": (BENCH, "benchmarks: data, build, train, kv-cache, qa-synth (JSON)"),
+    "analyze": (ANALYZE, "analyses of a trained model: attention"),
+}
 # LightningCLI commands: parsed by QAnchorCLI (same jsonargparse family), listed here for --help.
 LIGHTNING: dict[str, tuple[str, str]] = {
     "pretrain": (
@@ -153,11 +162,12 @@ def build_parser():
     sub = top.add_subcommands(dest="command")
     for name, command in COMMANDS.items():
         sub.add_subcommand(name, _command_parser(command), help=command.help)
-    bench = ArgumentParser(description="benchmarks (one JSON line each)", exit_on_error=False)
-    sub.add_subcommand("bench", bench, help="benchmarks: data, train, kv-cache, qa-synth (JSON)")
-    bench_sub = bench.add_subcommands(dest="what")
-    for name, command in BENCH.items():
-        bench_sub.add_subcommand(name, _command_parser(command), help=command.help)
+    for group, (table, help_line) in GROUPS.items():
+        parser = ArgumentParser(description=help_line, exit_on_error=False)
+        sub.add_subcommand(group, parser, help=help_line)
+        group_sub = parser.add_subcommands(dest="what")
+        for name, command in table.items():
+            group_sub.add_subcommand(name, _command_parser(command), help=command.help)
     for name, (_, help_line) in LIGHTNING.items():
         sub.add_subcommand(name, ArgumentParser(description=help_line), help=help_line)
     return top
@@ -178,8 +188,8 @@ def bare_flags_to_true(argv: list[str]) -> list[str]:
     """``--fast`` alone -> ``--fast true`` for the command's boolean options (jsonargparse wants a value)."""
     words = [a for a in argv if not a.startswith("-")][:2]
     table, name = (
-        (BENCH, words[1])
-        if words[:1] == ["bench"] and len(words) > 1
+        (GROUPS[words[0]][0], words[1])
+        if words[:1] and words[0] in GROUPS and len(words) > 1
         else (COMMANDS, words[0] if words else "")
     )
     if name in LIGHTNING_FLAGS:
@@ -259,8 +269,8 @@ def parse(argv: list[str]) -> tuple[Command, Any] | None:
         return None
     cfg = build_parser().parse_args(argv)
     command, table, sub = cfg.command, COMMANDS, cfg[cfg.command] if cfg.command else None
-    if command == "bench":
-        command, table, sub = sub.what, BENCH, sub[sub.what] if sub.what else None
+    if command in GROUPS:
+        command, table, sub = sub.what, GROUPS[command][0], sub[sub.what] if sub.what else None
     if command is None:
         raise UsageError("no command given: see `qanchor --help`")
     spec = table[command]

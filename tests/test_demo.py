@@ -11,7 +11,7 @@ import yaml
 from qanchor_pl.pipelines.demo import DemoConfig
 from tests import DATA
 from tests.conftest import run_qanchor
-from tests.helpers.tb import scalars
+from tests.helpers.tb import images, scalars
 
 COUNTS = "Event counts per modality and category + tabular"
 HEADLINE = "+ PNA pooling, count token, future anchor and reconstruction at weight 5"
@@ -80,6 +80,15 @@ def test_fast_demo_end_to_end(tmp_path):
         ["minilm-256tok", "mean-events", "category-counts", "event-counts", "time-windows"]
     )
     assert_same_as_recorded(report)
+    # Fig. 7: the headline's attention by input group, base and prompt-tuned, on the validation carve
+    attention = json.loads((out / "attention" / "attention.json").read_text())
+    assert attention["sides"] == ["base", "tuned"] and set(attention["scenarios"]) == set(report["scenarios"])
+    for entry in attention["scenarios"].values():
+        assert entry["users"] > 0 and abs(sum(entry["tuned"]["overall"].values()) - 1) < 1e-4
+        assert entry["base"]["overall"]["prompt"] == 0 and entry["tuned"]["overall"]["prompt"] > 0
+    assert (out / "attention" / "attention.png").stat().st_size > 1000 and "| Takeout | Δ |" in (
+        out / "attention" / "attention.md").read_text()  # fmt: skip
+    assert "attention/heatmap" in images(out / "attention" / "tensorboard")
     again = run_qanchor("demo", "--fast", "--out", str(out), timeout=1800)  # every stage is found done
     assert "pretrain base ..." not in again.stderr
 

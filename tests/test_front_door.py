@@ -12,7 +12,7 @@ import sys
 import pytest
 import yaml
 
-from qanchor_pl.cli import BENCH, COMMANDS, LIGHTNING, main
+from qanchor_pl.cli import ANALYZE, BENCH, COMMANDS, GROUPS, LIGHTNING, main
 from qanchor_pl.recipes import COMPOSITIONS, RECIPES, recipe_names
 from tests.conftest import run_qanchor
 from tests.helpers.cli_args import SMALL, pretrain_args
@@ -35,13 +35,16 @@ def _main(*argv: str) -> tuple[int, str]:
 def test_help_lists_every_command_with_one_line():
     code, text = _main("--help")
     assert code == 0
-    for name in [*COMMANDS, *LIGHTNING, "bench"]:
+    for name in [*COMMANDS, *LIGHTNING, *GROUPS]:
         assert f"    {name} " in text, name
-    code, text = _main("bench", "--help")
-    assert code == 0 and all(f"    {name} " in text for name in BENCH)
+    for group, (table, _) in GROUPS.items():
+        code, text = _main(group, "--help")
+        assert code == 0 and all(f"    {name} " in text for name in table), group
 
 
-@pytest.mark.parametrize("command", [*COMMANDS, *(f"bench {b}" for b in BENCH)])
+@pytest.mark.parametrize(
+    "command", [*COMMANDS, *(f"bench {b}" for b in BENCH), *(f"analyze {a}" for a in ANALYZE)]
+)
 def test_every_command_shows_its_options_with_defaults(command):
     code, text = _main(*command.split(), "--help")
     assert code == 0 and "--config CONFIG" in text and "--print_config" in text

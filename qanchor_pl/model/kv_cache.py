@@ -19,7 +19,7 @@ from transformers import DynamicCache
 
 from qanchor_pl.model import backbone as bb
 from qanchor_pl.model.qanchor import QAnchorModel
-from qanchor_pl.model.sequence import Role, pack
+from qanchor_pl.model.sequence import Role, pack, pack_labels
 
 
 @dataclass
@@ -30,24 +30,28 @@ class PrefixCache:
     mask: torch.Tensor  # [B, P] long, 1 on real prefix slots
     lengths: torch.Tensor  # [B] real prefix length per user
     summary: torch.Tensor | None = None  # the head's residual-path input, when the model has one
+    groups: torch.Tensor | None = None  # [B, P] each prefix slot's input group (attention analysis)
 
     def fresh(self) -> DynamicCache:
         return DynamicCache([(k, v) for k, v in self.layers])
 
 
 @torch.no_grad()
-def encode_prefix(model: QAnchorModel, batch: dict) -> PrefixCache:
-    """Run the user prefixes once and keep their KV cache."""
+def encode_prefix(model: QAnchorModel, batch: dict, groups: list[str] | None = None) -> PrefixCache:
+    """Run the user prefixes once and keep their KV cache (and, given the ``groups`` names, each
+    prefix slot's group, for the attention analysis)."""
     tok = model.user_tokens(batch)
-    packed = pack(model.prefix_pieces(batch, tok))
+    pieces = model.prefix_pieces(batch, tok)
+    packed = pack(pieces)
     out = bb.decoder_of(model.backbone)(
         inputs_embeds=packed.embeds, attention_mask=packed.attention_mask, use_cache=True
     )
     cache = out.past_key_values
     layers = [(layer.keys, layer.values) for layer in cache.layers]
     return PrefixCache(
-        layers=layers, mask=packed.attention_mask, lengths=packed.lengths, summary=model.user_summary(tok)
-    )
+        layers=layers, mask=packed.attention_mask, lengths=packed.lengths, summary=model.user_summary(tok),
+        groups=pack_labels(pieces, groups) if groups is not None else None,
+    )  # fmt: skip
 
 
 @torch.no_grad()
@@ -59,6 +63,23 @@ def anchor_from_prefix(
     prompt: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Anchored embeddings u [B, E] for one scenario, computing only the suffix."""
+    suffix, out = suffix_forward(model, prefix, query_ids, query_mask, prompt)
+    h = out.last_hidden_state
+    rows = torch.arange(h.shape[0], device=h.device)
+    return model.project_user(h[rows, suffix.position_of(Role.USER_EMB)], prefix.summary)
+
+
+@torch.no_grad()
+def suffix_forward(
+    model: QAnchorModel,
+    prefix: PrefixCache,
+    query_ids: torch.Tensor,
+    query_mask: torch.Tensor,
+    prompt: torch.Tensor | None = None,
+    *,
+    output_attentions: bool = False,
+):
+    """(the packed suffix, the decoder's output) for one scenario's suffix on the prefix cache."""
     suffix = pack(model.suffix_pieces(query_ids, query_mask, prompt))
     mask = torch.cat([prefix.mask, suffix.attention_mask], dim=1)
     steps = torch.arange(suffix.embeds.shape[1], device=query_ids.device)
@@ -69,7 +90,6 @@ def anchor_from_prefix(
         position_ids=position_ids,
         past_key_values=prefix.fresh(),
         use_cache=True,
+        output_attentions=output_attentions,
     )
-    h = out.last_hidden_state
-    rows = torch.arange(h.shape[0], device=h.device)
-    return model.project_user(h[rows, suffix.position_of(Role.USER_EMB)], prefix.summary)
+    return suffix, out

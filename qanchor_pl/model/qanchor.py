@@ -108,9 +108,9 @@ class QAnchorModel(nn.Module):
     def token_embedding(self) -> nn.Module:
         return bb.token_embeddings_of(self.backbone)
 
-    def _special(self, name: str, batch: int, like: torch.Tensor) -> Piece:
+    def _special(self, name: str, batch: int, like: torch.Tensor, label: str) -> Piece:
         e = self.special(name, batch).to(like.dtype)
-        return Piece(e, torch.ones(batch, 1, dtype=torch.bool, device=like.device), Role.PREFIX)
+        return Piece(e, torch.ones(batch, 1, dtype=torch.bool, device=like.device), Role.PREFIX, label=label)
 
     def user_tokens(self, batch: dict[str, Any]) -> UserTokens:
         return self.user_encoder(
@@ -141,19 +141,19 @@ class QAnchorModel(nn.Module):
         one = torch.ones(b, 1, dtype=torch.bool, device=tok.user.device)
         pieces: list[Piece] = []
         if self.config.user_marker:
-            pieces.append(self._special(USER_MARKER, b, tok.user))
-        pieces.append(Piece(tok.user.unsqueeze(1), one, Role.PREFIX))
+            pieces.append(self._special(USER_MARKER, b, tok.user, "user"))
+        pieces.append(Piece(tok.user.unsqueeze(1), one, Role.PREFIX, label="user"))
         if tok.counts is not None:
-            pieces.append(Piece(tok.counts.unsqueeze(1), one, Role.PREFIX))
-        for name in self.user_encoder.token_names:
+            pieces.append(Piece(tok.counts.unsqueeze(1), one, Role.PREFIX, label="counts"))
+        for name in self.user_encoder.token_names:  # a modality's markers, token and events: its group
             start, end = modality_markers(name)
             if self.config.modality_markers:
-                pieces.append(self._special(start, b, tok.user))
-            pieces.append(Piece(tok.modality[name].unsqueeze(1), one, Role.PREFIX))
+                pieces.append(self._special(start, b, tok.user, name))
+            pieces.append(Piece(tok.modality[name].unsqueeze(1), one, Role.PREFIX, label=name))
             if name in tok.events:
-                pieces.append(Piece(tok.events[name], tok.event_mask[name].bool(), Role.PREFIX))
+                pieces.append(Piece(tok.events[name], tok.event_mask[name].bool(), Role.PREFIX, label=name))
             if self.config.modality_markers:
-                pieces.append(self._special(end, b, tok.user))
+                pieces.append(self._special(end, b, tok.user, name))
         return pieces
 
     def hidden_states(self, packed: Packed) -> torch.Tensor:
@@ -178,10 +178,16 @@ class QAnchorModel(nn.Module):
         pieces = []
         if prompt is not None:  # [P, H] soft prompt shared by the batch
             ones = torch.ones(b, prompt.shape[0], dtype=torch.bool, device=device)
-            pieces.append(Piece(prompt.to(emb.weight.dtype).expand(b, -1, -1), ones, Role.PROMPT))
-        pieces.append(text_piece(emb, query_ids, query_mask, Role.QUERY))
+            pieces.append(
+                Piece(prompt.to(emb.weight.dtype).expand(b, -1, -1), ones, Role.PROMPT, label="prompt")
+            )
+        query = text_piece(emb, query_ids, query_mask, Role.QUERY)
+        query.label = "query"
+        pieces.append(query)
         user_emb = self.special(USER_EMB, b).to(emb.weight.dtype)
-        pieces.append(Piece(user_emb, torch.ones(b, 1, dtype=torch.bool, device=device), Role.USER_EMB))
+        pieces.append(
+            Piece(user_emb, torch.ones(b, 1, dtype=torch.bool, device=device), Role.USER_EMB, label=USER_EMB)
+        )
         return pieces
 
     def anchor_sequence(

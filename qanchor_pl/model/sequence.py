@@ -31,6 +31,7 @@ class Piece:
     valid: torch.Tensor  # [B, L] bool
     role: Role
     token_ids: torch.Tensor | None = None  # [B, L] for text pieces (NTP targets)
+    label: str = ""  # the input group it belongs to (a modality, user, counts...): attention analysis
 
 
 @dataclass
@@ -72,11 +73,28 @@ def pack(pieces: list[Piece]) -> Packed:
         ],
         dim=1,
     )
-    order = torch.sort((~valid).to(torch.int8), dim=1, stable=True).indices
-    width = max(int(valid.sum(1).max()), 1)
-    order = order[:, :width]
-    keep = torch.gather(valid, 1, order)
+    order, keep = _left_aligned(valid)
+    width = order.shape[1]
     embeds = torch.gather(embeds, 1, order.unsqueeze(-1).expand(batch, width, hidden))
     role = torch.where(keep, torch.gather(role, 1, order), int(Role.PAD))
     ids = torch.where(keep, torch.gather(ids, 1, order), -100)
     return Packed(embeds=embeds, attention_mask=keep.long(), role=role, token_ids=ids)
+
+
+def _left_aligned(valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(order, keep): the slot each packed position takes, and whether it is real (see :func:`pack`)."""
+    order = torch.sort((~valid).to(torch.int8), dim=1, stable=True).indices
+    width = max(int(valid.sum(1).max()), 1)
+    order = order[:, :width]
+    return order, torch.gather(valid, 1, order)
+
+
+def pack_labels(pieces: list[Piece], names: list[str]) -> torch.Tensor:
+    """Each packed slot's group: the index of its piece's ``label`` in ``names`` ([B, T], -1 on
+    padding), in the order :func:`pack` gives the same pieces."""
+    valid = torch.cat([p.valid for p in pieces], dim=1)
+    labels = torch.cat(
+        [torch.full_like(p.valid, names.index(p.label), dtype=torch.long) for p in pieces], dim=1
+    )
+    order, keep = _left_aligned(valid)
+    return torch.where(keep, torch.gather(labels, 1, order), -1)

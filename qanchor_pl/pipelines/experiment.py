@@ -27,6 +27,7 @@ from qanchor_pl.pipelines.report import (
 )
 from qanchor_pl.pipelines.stages import (
     Stage,
+    attention_analysis,
     build_and_encode,
     embed_model,
     pretrain_variant,
@@ -91,6 +92,7 @@ def _run(cfg: ExperimentConfig, inputs: RawInputs) -> dict[str, Any]:
         if name != "base":
             rows[VARIANTS[name][0]] = embed_model(cfg, root, data, exports[name], name, None)
     rows[UNPRETRAINED] = embed_model(cfg, root, data, untrained, "no-pretrain-tuned", tuned_untrained)
+    attention_analysis(cfg, root, data, exports[head], tuned)
     pairs = [(a, b) for a, b in comparisons(variants, tuned_row) if b not in BASELINES or b in baselines]
     complement = "category-counts" if "category-counts" in baselines else None
     probe_c = cfg.probe_c if cfg.probe_c == "cv" else float(cfg.probe_c)

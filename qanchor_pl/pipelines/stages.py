@@ -178,3 +178,16 @@ def embed_model(
             run_embed(EmbedConfig(model=str(model), data=str(data), out=str(out), batch_size=128,
                                   prompts=str(prompts) if prompts else None))  # fmt: skip
     return out
+
+
+def attention_analysis(cfg: ExperimentConfig, root: Path, data: Path, model: Path, prompts: Path) -> Path:
+    """Which inputs the headline's embedding attends to per scenario, base and prompt-tuned (Fig. 7),
+    over the validation carve: ``OUT/attention/``."""
+    from qanchor_pl.eval.attention import AttentionConfig, run_attention
+
+    out = root / "attention"
+    if not (out / "attention.json").exists():
+        with Stage(cfg, "attention (Fig. 7)"):
+            run_attention(AttentionConfig(model=str(model), data=str(data), out=str(out), prompts=str(prompts),
+                                          val_seed=cfg.seed))  # fmt: skip
+    return out
