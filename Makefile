@@ -10,7 +10,7 @@ STAMP      := $(VENV)/.installed
 DEMO_DIR   ?= $(if $(FAST),runs/demo-fast,runs/demo)
 export PYTHONHASHSEED := 0
 
-.PHONY: install test demo lint bench clean
+.PHONY: install test demo lint bench clean gpu-check
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/qanchor demo --out $(DEMO_DIR) $(if $(FAST),--fast,)
+
+# The one prepared check for a lent GPU (< 8 min, no network): runs/gpu-check/gpu-check.json
+gpu-check: $(STAMP)
+	$(BIN)/qanchor bench gpu --out runs/gpu-check
 
 lint: $(STAMP)
 	$(BIN)/ruff check qanchor_pl data_modules callbacks tests

@@ -81,6 +81,8 @@ BENCH: dict[str, Command] = {
                         "multi-scenario embedding with against without the prefix KV cache"),
     "qa-synth": Command("qanchor_pl.config:BenchQASynthConfig", "qanchor_pl.cli:_bench_qa_synth",
                         "LLM answer generation: users/s and generated tokens/s"),
+    "gpu": Command("qanchor_pl.bench.gpu:BenchGPUConfig", "qanchor_pl.bench.gpu:bench_gpu",
+                   "the prepared GPU check: train, kv-cache, qa-synth, pytest -m gpu in one JSON (make gpu-check)"),
 }  # fmt: skip
 ANALYZE: dict[str, Command] = {
     "attention": Command("qanchor_pl.eval.attention:AttentionConfig", "qanchor_pl.eval.attention:run_attention",
@@ -88,7 +90,7 @@ ANALYZE: dict[str, Command] = {
 }  # fmt: skip
 #: Commands with sub-commands: ``qanchor bench data``, ``qanchor analyze attention``.
 GROUPS: dict[str, tuple[dict[str, Command], str]] = {
-    "bench": (BENCH, "benchmarks: data, build, train, kv-cache, qa-synth (JSON)"),
+    "bench": (BENCH, "benchmarks: data, build, train, kv-cache, qa-synth, gpu (JSON)"),
     "analyze": (ANALYZE, "analyses of a trained model: attention"),
 }
 # LightningCLI commands: parsed by QAnchorCLI (same jsonargparse family), listed here for --help.

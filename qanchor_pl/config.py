@@ -175,6 +175,14 @@ class BenchKVConfig:
     """MLP width"""
     repeats: int = 3
     """timed repeats (the median is reported)"""
+    heads: int = 4
+    """attention heads"""
+    kv_heads: int = 2
+    """key/value heads"""
+    device: str = "cpu"
+    """cpu | cuda"""
+    dtype: str = "float32"
+    """float32 | bfloat16"""
 
 
 @dataclass

@@ -37,14 +37,29 @@ def synthetic_batch(
     }
 
 
-def _median_seconds(fn, repeats: int) -> float:
+def _median_seconds(fn, repeats: int, device: str = "cpu") -> float:
+    def sync() -> None:
+        if device.startswith("cuda"):  # kernels run asynchronously: time what was done
+            torch.cuda.synchronize()
+
     fn()  # warm-up
     times = []
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def _to(batch: Any, device: str, dtype: torch.dtype) -> Any:
+    """The batch on ``device``, float tensors in ``dtype``."""
+    if isinstance(batch, dict):
+        return {k: _to(v, device, dtype) for k, v in batch.items()}
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device=device, dtype=dtype if batch.is_floating_point() else batch.dtype)
+    return batch
 
 
 @torch.no_grad()
@@ -61,6 +76,8 @@ def bench_kv_cache(
     event_dim: int = 64,
     tabular_dim: int = 64,
     repeats: int = 3,
+    device: str = "cpu",
+    dtype: str = "float32",
 ) -> dict[str, Any]:
     inputs = DataInputs(
         tokenizer=str(minilm_path()), modalities=tuple(PAPER_CAPS), event_dims=dict.fromkeys(PAPER_CAPS, event_dim),
@@ -69,13 +86,16 @@ def bench_kv_cache(
     shape = TinyBackbone(hidden_size=hidden, num_layers=layers, num_heads=heads, num_kv_heads=kv_heads,
                          intermediate_size=intermediate)  # fmt: skip
     model = QAnchorModel(QAnchorConfig(inputs=inputs, tiny=shape, lora=None)).eval()
+    model = model.to(device=device, dtype=getattr(torch, dtype))
     vocab = len(model.tokenizer)
-    batch = synthetic_batch(users, event_dim, tabular_dim, query_len, vocab)
+    batch = _to(
+        synthetic_batch(users, event_dim, tabular_dim, query_len, vocab), device, getattr(torch, dtype)
+    )
     queries = [
-        torch.randint(10, vocab, (users, query_len), generator=torch.Generator().manual_seed(s))
+        torch.randint(10, vocab, (users, query_len), generator=torch.Generator().manual_seed(s)).to(device)
         for s in range(scenarios)
     ]
-    mask = torch.ones(users, query_len, dtype=torch.bool)
+    mask = torch.ones(users, query_len, dtype=torch.bool, device=device)
 
     def full() -> list[torch.Tensor]:
         return [model.anchor({**batch, "query_ids": q, "query_mask": mask}) for q in queries]
@@ -85,7 +105,7 @@ def bench_kv_cache(
         return [anchor_from_prefix(model, prefix, q, mask) for q in queries]
 
     worst = max(float((a - b).abs().max()) for a, b in zip(full(), cached()))
-    t_full, t_cached = _median_seconds(full, repeats), _median_seconds(cached, repeats)
+    t_full, t_cached = _median_seconds(full, repeats, device), _median_seconds(cached, repeats, device)
     prefix_len = int(encode_prefix(model, batch).lengths[0])
     suffix_len = query_len + 1  # + <USER_EMB>
     ideal = scenarios * (prefix_len + suffix_len) / (prefix_len + scenarios * suffix_len)
@@ -110,6 +130,8 @@ def bench_kv_cache(
         "ideal_speedup": round(ideal, 2),
         "fraction_of_ideal": round(speedup / ideal, 3),
         "max_abs_diff": worst,
+        "device": device,
+        "dtype": dtype,
         "threads": torch.get_num_threads(),
         "cpu": platform.machine(),
     }
