@@ -34,6 +34,8 @@ from qanchor_pl.model.sequence import Role, pack, pack_labels
 from qanchor_pl.model.special_tokens import USER_EMB
 
 SELF = USER_EMB
+#: Groups that are not the user's inputs: the shares of the rest show which inputs a scenario reads.
+NOT_INPUTS = ("prompt", "query", SELF)
 
 
 @contextlib.contextmanager
@@ -213,22 +215,31 @@ def _summarise(sums: dict, counts: dict, names: list[str], sides: list[str]) -> 
         entry: dict[str, Any] = {"users": n}
         for side in sides:
             per_layer = (sums[side, name] / max(n, 1)).numpy()
-            entry[side] = {"overall": dict(zip(names, per_layer.mean(0).tolist())),
+            overall = dict(zip(names, per_layer.mean(0).tolist()))
+            inputs = {g: m for g, m in overall.items() if g not in NOT_INPUTS}
+            total = sum(inputs.values()) or 1.0
+            entry[side] = {"overall": overall, "input_share": {g: m / total for g, m in inputs.items()},
                            "per_layer": [dict(zip(names, layer.tolist())) for layer in per_layer]}  # fmt: skip
         if "tuned" in sides:
             entry["difference"] = {
                 g: entry["tuned"]["overall"][g] - entry["base"]["overall"][g] for g in names
             }
+            entry["share_difference"] = {g: entry["tuned"]["input_share"][g] - entry["base"]["input_share"][g]
+                                         for g in entry["base"]["input_share"]}  # fmt: skip
         scenarios[name] = entry
     return {"groups": names, "sides": sides, "scenarios": scenarios}
 
 
-def _matrix(result: dict, key: str) -> np.ndarray:
+def _matrix(result: dict, key: str, groups: list[str]) -> np.ndarray:
     rows = []
     for entry in result["scenarios"].values():
-        cell = entry[key] if key == "difference" else entry[key]["overall"]
-        rows.append([cell[g] for g in result["groups"]])
+        cell = entry[key] if key.endswith("difference") else entry[key]["overall"]
+        rows.append([cell[g] for g in groups])
     return np.array(rows)
+
+
+def input_groups(result: dict) -> list[str]:
+    return [g for g in result["groups"] if g not in NOT_INPUTS]
 
 
 def markdown(result: dict) -> str:
@@ -244,6 +255,16 @@ def markdown(result: dict) -> str:
         if "difference" in entry:
             cells = " | ".join(f"{entry['difference'][g]:+.3f}" for g in groups)
             lines.append(f"| {name} | Δ | {cells} |")
+    if "tuned" not in result["sides"]:
+        return "\n".join(lines) + "\n"
+    inputs = input_groups(result)
+    lines += ["", "**Which of the user's inputs tuning moves attention to** (each group's share of the mass on",
+              "the user's inputs, prompt, query and <USER_EMB> left out; Δ share = tuned - base)", "",
+              "| Scenario | " + " | ".join(inputs) + " |", "|---|" + "---|" * len(inputs)]  # fmt: skip
+    for name, entry in result["scenarios"].items():
+        lines.append(
+            f"| {name} | " + " | ".join(f"{entry['share_difference'][g]:+.3f}" for g in inputs) + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -257,21 +278,23 @@ def heatmap_png(result: dict, path: Path) -> np.ndarray:
     from data_modules.util.atomic import atomic_path
     from qanchor_pl.eval.plots import png_to_array
 
-    panels = [("base", _matrix(result, "base"))]
+    groups, inputs = result["groups"], input_groups(result)
+    panels = [("base", _matrix(result, "base", groups), groups)]
     if "tuned" in result["sides"]:
-        panels += [("tuned", _matrix(result, "tuned")), ("tuned - base", _matrix(result, "difference"))]
-    scenarios, groups = list(result["scenarios"]), result["groups"]
+        panels += [("tuned", _matrix(result, "tuned", groups), groups),
+                   ("tuned - base: share of the user's inputs", _matrix(result, "share_difference", inputs), inputs)]  # fmt: skip
+    scenarios = list(result["scenarios"])
     fig, axes = plt.subplots(
         1, len(panels), figsize=(4.2 * len(panels), 0.45 * len(scenarios) + 2.2), squeeze=False
     )
-    top = max(float(m.max()) for title, m in panels if title != "tuned - base")
-    for ax, (title, m) in zip(axes[0], panels):
-        diff = title == "tuned - base"
+    top = max(float(m.max()) for title, m, _ in panels if not title.startswith("tuned - base"))
+    for ax, (title, m, columns) in zip(axes[0], panels):
+        diff = title.startswith("tuned - base")
         bound = float(np.abs(m).max()) or 1.0
         im = ax.imshow(m, cmap="RdBu_r" if diff else "viridis", vmin=-bound if diff else 0.0, vmax=bound if diff else top,
                        aspect="auto")  # fmt: skip
         ax.set_title(title)
-        ax.set_xticks(range(len(groups)), groups, rotation=60, ha="right", fontsize=8)
+        ax.set_xticks(range(len(columns)), columns, rotation=60, ha="right", fontsize=8)
         ax.set_yticks(
             range(len(scenarios)), scenarios if ax is axes[0][0] else [""] * len(scenarios), fontsize=8
         )
