@@ -60,7 +60,7 @@ COMMANDS: dict[str, Command] = {
                         "linear probe per scenario: AUC, KS, report table, TensorBoard"),
     "diagnose": Command("qanchor_pl.config:DiagnoseConfig", "qanchor_pl.eval.diagnose:run_diagnose",
                         "validation AUC of a linear probe at every stage of the model"),
-    "experiment": Command("qanchor_pl.pipelines.experiment:ExperimentConfig",
+    "experiment": Command("qanchor_pl.pipelines.experiment_config:ExperimentConfig",
                           "qanchor_pl.pipelines.experiment:run_experiment",
                           "the whole experiment on your raw logs: build ... evaluate, report"),
     "demo": Command("qanchor_pl.pipelines.demo:DemoConfig", "qanchor_pl.pipelines.demo:run_demo",
