@@ -3,4 +3,4 @@
 from pathlib import Path
 
 #: Figures recorded once and read back by tests (see each file's "recorded" entry).
-DATA = Path(__file__).parent / "data"
+RECORDED = Path(__file__).parent / "recorded"

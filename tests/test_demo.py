@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from qanchor_pl.pipelines.demo import DemoConfig
-from tests import DATA
+from tests import RECORDED
 from tests.conftest import run_qanchor
 from tests.helpers.tb import images, scalars
 
@@ -120,7 +120,7 @@ def assert_same_as_recorded(report: dict) -> None:
     are this machine's; elsewhere float rounding differs from the first step, so within 0.05."""
     import torch
 
-    recorded = json.loads((DATA / "fast_demo_report.json").read_text())
+    recorded = json.loads((RECORDED / "fast_demo_report.json").read_text())
     same_machine = (recorded["torch"], recorded["cpu_capability"], recorded["cpu_flags"]) == (
         torch.__version__, torch.backends.cpu.get_cpu_capability(), cpu_flags())  # fmt: skip
     mine = {"table": report["table"], "validation_table": report["validation"]["table"],
