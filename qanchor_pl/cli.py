@@ -81,11 +81,11 @@ BENCH: dict[str, Command] = {
                         "multi-scenario embedding with against without the prefix KV cache"),
     "qa-synth": Command("qanchor_pl.config:BenchQASynthConfig", "qanchor_pl.cli:_bench_qa_synth",
                         "LLM answer generation: users/s and generated tokens/s"),
-    "gpu": Command("qanchor_pl.bench.gpu:BenchGPUConfig", "qanchor_pl.bench.gpu:bench_gpu",
+    "gpu": Command("qanchor_pl.config:BenchGPUConfig", "qanchor_pl.bench.gpu:bench_gpu",
                    "the prepared GPU check: train, kv-cache, qa-synth, pytest -m gpu in one JSON (make gpu-check)"),
 }  # fmt: skip
 ANALYZE: dict[str, Command] = {
-    "attention": Command("qanchor_pl.eval.attention:AttentionConfig", "qanchor_pl.eval.attention:run_attention",
+    "attention": Command("qanchor_pl.config:AttentionConfig", "qanchor_pl.eval.attention:run_attention",
                          "which inputs each scenario's embedding attends to, base and prompt-tuned (Fig. 7)"),
 }  # fmt: skip
 #: Commands with sub-commands: ``qanchor bench data``, ``qanchor analyze attention``.

@@ -201,3 +201,39 @@ class BenchQASynthConfig:
     """answer length cap"""
     device: str = "auto"
     """cpu | cuda | auto"""
+
+
+@dataclass
+class AttentionConfig:
+    """Where the model, data and tuned prompts are, and which users and scenarios to read."""
+
+    model: str
+    """an exported model folder (``qanchor export``)"""
+    data: str
+    """the built, encoded data set"""
+    out: str
+    """the output folder"""
+    prompts: str | None = None
+    """a prompt-tuning folder (``<scenario>/prompt``): the tuned side; without it, base only"""
+    scenarios: str = "all"
+    """comma-separated scenario names, or all"""
+    batch_size: int = 256
+    """users read per step (only the validation carve's go through the model)"""
+    val_seed: int = 0
+    """the validation carve's seed (the tuning's)"""
+    val_fraction: float = 0.2
+    """the validation carve's share of the train users"""
+
+
+@dataclass
+class BenchGPUConfig:
+    """Where to write, and whether this is the CPU dry run."""
+
+    out: str = "runs/gpu-check"
+    """the working folder; the result is OUT/gpu-check.json"""
+    dry_run: bool = False
+    """on the CPU at toy sizes (the test suite's run of this script)"""
+    users: int = 512
+    """synthetic users of the training data (paper caps)"""
+    steps: int = 10
+    """timed training steps per block"""

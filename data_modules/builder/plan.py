@@ -23,6 +23,7 @@ killed task starts that partition again and a finished one is skipped.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -75,7 +76,6 @@ class BuildPlan:
     partitions: int
     config: dict
     raw_files: list[list]
-    events: list[str]
     inputs: dict  # the checked raw folder (RawInputs.to_json): every task's copy, never re-read
     modalities: list[str]
     event_mods: list[str]
@@ -83,7 +83,6 @@ class BuildPlan:
     features: list[str]
     meta: dict[str, dict]
     cutoff: str
-    labelled_scenarios: list[str]
     skipped: dict[str, int] = field(default_factory=dict)
     scatter_files: list[list[int]] = field(default_factory=list)  # events files each scatter task reads
     day_counts: list[list] = field(default_factory=list)  # raw events per day (a refresh's default cutoff)
@@ -97,10 +96,19 @@ class BuildPlan:
     def cutoff_time(self) -> dt.datetime:
         return dt.datetime.fromisoformat(self.cutoff)
 
-    @property
+    @functools.cached_property
     def raw(self) -> RawInputs:
         """The raw folder as the plan stage read and checked it."""
         return RawInputs.from_json(self.inputs)
+
+    @property
+    def events(self) -> list[str]:
+        """The events files with rows (the scatter tasks' shares index this list)."""
+        return [str(p) for p in self.raw.events]
+
+    @property
+    def labelled_scenarios(self) -> list[str]:
+        return list(self.raw.labels.scenarios) if self.raw.labels is not None else []
 
     @property
     def scenarios(self) -> list[Scenario]:
@@ -196,7 +204,6 @@ def make_plan(cfg, partitions: int, inputs: RawInputs | None = None) -> BuildPla
         features = list(inputs.users.features) if TABULAR in modalities else []
     elif TABULAR in modalities:
         raise DataError("users.parquet", "file not found (needed for the 'tabular' modality)")
-    labelled = list(inputs.labels.scenarios) if inputs.labels is not None else []
     meta = resolve_modalities_meta(inputs.modalities, inputs.paths.modalities, event_mods, dict(valued))
     if cfg.cutoff:
         cutoff = resolve_cutoff(cfg.cutoff, tz)
@@ -211,9 +218,9 @@ def make_plan(cfg, partitions: int, inputs: RawInputs | None = None) -> BuildPla
     options, listing = build_options(cfg), input_listing(cfg, inputs.paths)
     return BuildPlan(
         fingerprint=fingerprint(options, listing, partitions), partitions=partitions, config=options,
-        raw_files=listing, events=[str(p) for p in files], inputs=inputs.to_json(), modalities=modalities,
+        raw_files=listing, inputs=inputs.to_json(), modalities=modalities,
         event_mods=event_mods, caps=caps, features=features, meta=meta_to_json(meta), cutoff=cutoff.isoformat(),
-        labelled_scenarios=labelled, skipped=skipped,
+        skipped=skipped,
         scatter_files=balance([p.stat().st_size for p in files], partitions), day_counts=day_counts_json(days),
         valued=dict(sorted(valued.items())), previous=str(Path(cfg.previous)) if previous else None,
         events_before_window=previous.events_before_window if previous else 0,

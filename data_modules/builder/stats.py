@@ -19,7 +19,6 @@ import pyarrow.parquet as pq
 from data_modules.builder.events import clean_events, empty_events, spool_events
 from data_modules.builder.moments import exact_moments
 from data_modules.builder.plan import BuildPlan, WorkFolder, publish_dir
-from data_modules.contract.tables import read_users
 from data_modules.dataset.manifest import file_entry
 from data_modules.supervision.pairs import mark_seen
 from data_modules.util.atomic import write_json
@@ -64,8 +63,8 @@ def _stats_into(plan: BuildPlan, spec: PartitionSpec, out: Path, work: WorkFolde
             events = clean_events(_partition_rows(work, spec), Path(spool), skipped, cfg["max_text_chars"],
                                   **clean_options)  # fmt: skip
         events, windows = _cut_windows(events, plan.cutoff_time, cfg, skipped)
-        users, _ = read_users(None, bool(plan.features)) if plan.raw.users is None else (
-            plan.raw.users.read(bool(plan.features), owned))  # fmt: skip
+        # no users table: the plan refused a 'tabular' modality, so there is nothing to read
+        users = plan.raw.users.read(bool(plan.features), owned)[0] if plan.raw.users is not None else None
         kept = _select_users(events, users, skipped)
         kept = _assign_shards(kept, cfg["users_per_shard"])
         _history_combos(events).write_parquet(out / "combos.parquet")

@@ -178,14 +178,14 @@ class RawInputs:
             (events if _row_count(path) else empty).append(path)
         if not events and state is None:
             raise DataError(paths.events[0].parent, "every events file is empty", expected="events with rows")
-        users = None
+        users, user_ids = None, None
         if paths.users is not None:
             users = UsersTable(paths.users, tuple(check_users_schema(paths.users, read_schema(paths.users))))
-            read_users(paths.users, False)  # ids: present, non-empty, unique
+            user_ids, _ = read_users(paths.users, False)  # ids: present, non-empty, unique
         labels = None
         if paths.labels is not None:
             frame = read_labels(paths.labels, {s.name for s in scenarios})
-            _check_label_users(paths.labels, frame, paths.users, events)
+            _check_label_users(paths.labels, frame, user_ids, events)
             labels = LabelsTable(paths.labels, tuple(sorted(set(frame["scenario"].to_list()))))
         labelled = set(labels.scenarios) if labels else set()
         for s in scenarios:
@@ -257,13 +257,15 @@ def _row_count(path: Path) -> int:
         raise DataError(path, f"corrupt parquet metadata: {err}") from None
 
 
-def _check_label_users(path: Path, labels: pl.DataFrame, users: Path | None, events: list[Path]) -> None:
-    """Every labelled user is in the users table or the events (a user the data never mentions is a
-    typo or a join gone wrong; one the build drops for want of history is a counted skip there)."""
+def _check_label_users(
+    path: Path, labels: pl.DataFrame, user_ids: pl.DataFrame | None, events: list[Path]
+) -> None:
+    """Every labelled user is in the users table (``user_ids``) or the events (a user the data never
+    mentions is a typo or a join gone wrong; one the build drops for want of history is a counted
+    skip there)."""
     pending = labels.with_row_index("row").select("row", "user_id")
-    if users is not None:
-        ids = pl.scan_parquet(users).select(pl.col("user_id").cast(pl.String)).collect()
-        pending = pending.join(ids, on="user_id", how="anti")
+    if user_ids is not None:
+        pending = pending.join(user_ids.select("user_id"), on="user_id", how="anti")
     if pending.height and events:
         seen = pl.concat([pl.scan_parquet(e).select(pl.col("user_id").cast(pl.String)) for e in events])
         pending = pending.join(seen.unique().collect(), on="user_id", how="anti")

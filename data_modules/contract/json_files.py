@@ -55,7 +55,7 @@ def entries(path: Path, raw: Any, what: str, *, value_key: str | None = None) ->
             where = repr(name)
             if isinstance(body, str) and value_key is not None:
                 body = {value_key: body}
-            elif body is None and value_key is None:
+            elif body is None:  # name -> null: the name alone (its required fields are checked next)
                 body = {}
             elif not isinstance(body, dict):
                 shape = f"a {value_key} string or an object" if value_key else "an object"

@@ -89,9 +89,14 @@ def parse_scenarios(path: Path, raw: Any) -> tuple[Scenario, ...]:
 
 
 def load_scenarios(path: str | Path) -> list[Scenario]:
-    """Read a ``scenarios.json`` (the raw folder's, or the one a build writes into its data set)."""
+    """Read the ``scenarios.json`` a build wrote into its data set (the raw folder's is read by
+    :class:`~data_modules.contract.inputs.RawInputs`)."""
     path = Path(path)
-    return list(parse_scenarios(path, read_json_file(path, SHAPE)))
+    raw = read_json_file(path, SHAPE)
+    if isinstance(raw, list):  # builds before the contract wrote a scenario without a rule so
+        raw = [{k: v for k, v in s.items() if not (k == "rule" and v == {"categories": []})}
+               if isinstance(s, dict) else s for s in raw]  # fmt: skip
+    return list(parse_scenarios(path, raw))
 
 
 def save_scenarios(path: str | Path, scenarios: list[Scenario] | tuple[Scenario, ...]) -> None:

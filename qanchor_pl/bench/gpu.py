@@ -23,25 +23,11 @@ import json
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from data_modules.util.atomic import write_json
-
-
-@dataclass
-class BenchGPUConfig:
-    """Where to write, and whether this is the CPU dry run."""
-
-    out: str = "runs/gpu-check"
-    """the working folder; the result is OUT/gpu-check.json"""
-    dry_run: bool = False
-    """on the CPU at toy sizes (the test suite's run of this script)"""
-    users: int = 512
-    """synthetic users of the training data (paper caps)"""
-    steps: int = 10
-    """timed training steps per block"""
+from qanchor_pl.config import BenchGPUConfig
 
 
 def _sizes(cfg: BenchGPUConfig) -> dict[str, Any]:

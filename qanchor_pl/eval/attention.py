@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from qanchor_pl.config import AttentionConfig
 from qanchor_pl.model import backbone as bb
 from qanchor_pl.model.kv_cache import PrefixCache, encode_prefix, suffix_forward
 from qanchor_pl.model.qanchor import QAnchorModel
@@ -114,28 +114,6 @@ def group_names(model: QAnchorModel) -> list[str]:
     """Every group a prefix or suffix slot can belong to, in table order."""
     tokens = list(model.user_encoder.token_names)
     return [*tokens, "user", *(["counts"] if model.config.count_token else []), "prompt", "query", SELF]
-
-
-@dataclass
-class AttentionConfig:
-    """Where the model, data and tuned prompts are, and which users and scenarios to read."""
-
-    model: str
-    """an exported model folder (``qanchor export``)"""
-    data: str
-    """the built, encoded data set"""
-    out: str
-    """the output folder"""
-    prompts: str | None = None
-    """a prompt-tuning folder (``<scenario>/prompt``): the tuned side; without it, base only"""
-    scenarios: str = "all"
-    """comma-separated scenario names, or all"""
-    batch_size: int = 256
-    """users read per step (only the validation carve's go through the model)"""
-    val_seed: int = 0
-    """the validation carve's seed (the tuning's)"""
-    val_fraction: float = 0.2
-    """the validation carve's share of the train users"""
 
 
 def carve_users(data: Path, scenario: str, seed: int, fraction: float) -> set[str]:

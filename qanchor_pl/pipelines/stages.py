@@ -183,7 +183,8 @@ def embed_model(
 def attention_analysis(cfg: ExperimentConfig, root: Path, data: Path, model: Path, prompts: Path) -> Path:
     """Which inputs the headline's embedding attends to per scenario, base and prompt-tuned (Fig. 7),
     over the validation carve: ``OUT/attention/``."""
-    from qanchor_pl.eval.attention import AttentionConfig, run_attention
+    from qanchor_pl.config import AttentionConfig
+    from qanchor_pl.eval.attention import run_attention
 
     out = root / "attention"
     if not (out / "attention.json").exists():
