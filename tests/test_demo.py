@@ -116,13 +116,17 @@ def cpu_flags() -> str:
 
 def assert_same_as_recorded(report: dict) -> None:
     """The FAST demo's figures equal those recorded before issue 26 moved the data side (a refactor
-    changes no number). Bit for bit where the recording's torch build, CPU kernels and CPU flags
-    are this machine's; elsewhere float rounding differs from the first step, so within 0.05."""
+    changes no number). Bit for bit where the recording's torch build, CPU kernels, CPU flags and
+    library versions are this machine's; elsewhere results may round differently from the first
+    step, so within 0.05."""
+    from importlib.metadata import version
+
     import torch
 
     recorded = json.loads((RECORDED / "fast_demo_report.json").read_text())
-    same_machine = (recorded["torch"], recorded["cpu_capability"], recorded["cpu_flags"]) == (
-        torch.__version__, torch.backends.cpu.get_cpu_capability(), cpu_flags())  # fmt: skip
+    libraries = {name: version(name) for name in recorded["libraries"]}  # a fresh install may be newer
+    same_machine = (recorded["torch"], recorded["cpu_capability"], recorded["cpu_flags"], recorded["libraries"]) == (
+        torch.__version__, torch.backends.cpu.get_cpu_capability(), cpu_flags(), libraries)  # fmt: skip
     mine = {"table": report["table"], "validation_table": report["validation"]["table"],
             "complementarity": report["complementarity"], "label_efficiency": report["label_efficiency"]}  # fmt: skip
     if same_machine:
