@@ -155,6 +155,8 @@ class BenchTrainConfig:
     """untimed steps before the first block"""
     blocks: int = 3
     """blocks per side, alternated (plain, Lightning, plain, ...): medians and spread"""
+    grad_cache: int | None = None
+    """also time the Lightning step with model.grad_cache.chunk_size N (samples/s, peak memory)"""
 
 
 @dataclass

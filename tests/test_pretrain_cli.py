@@ -112,8 +112,11 @@ def test_bench_train_reports_lightning_and_plain_loop_rates(built):
     # 300 users in batches of 64: 5 batches an epoch, so 2 blocks x 7 steps cycle epochs
     overrides = json.dumps({**small, "data.data": str(built), "data.batch_size": 64})
     proc = run_qanchor("bench", "train", "--recipe", f"[{RECIPE}]", "--overrides", overrides,
-                       "--steps", "3", "--warmup", "3", "--blocks", "2", "--json")  # fmt: skip
+                       "--steps", "3", "--warmup", "3", "--blocks", "2", "--grad_cache", "16", "--json")  # fmt: skip
     report = json.loads(proc.stdout)
+    cached = report["grad_cache"]  # the third side: batches of 64 through the backbone 16 at a time
+    assert cached["chunk_size"] == 16 and cached["blocks"] == 2 and cached["samples_per_s"] > 0
+    assert cached["peak_rss_gib"] > 0 and report["lightning"]["peak_rss_gib"] > 0
     for side in ("lightning", "plain_pytorch"):
         assert report[side]["steps"] == 3 and report[side]["blocks"] == 2
         assert report[side]["samples_per_s"] > 0 and report[side]["tokens_per_s"] > 0

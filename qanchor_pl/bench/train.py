@@ -5,6 +5,10 @@ only steps after a warm-up are timed. The difference is what Lightning (loop, ho
 callbacks) costs per step. On a busy machine one pair of runs says little (three single runs gave
 -6.1 %, +1.0 % and +7.4 %): the sides alternate in blocks (plain, Lightning, plain, ...) and the
 report gives medians and the spread. Small data sets cycle epochs.
+
+``--grad_cache N`` adds a third side, the Lightning step with ``model.grad_cache.chunk_size N``,
+in the same alternation: samples/s and peak memory with and without the gradient cache (on CUDA
+the allocator's peak; on the CPU the process's resident set, sampled every 2 ms).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import os
 import platform
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,6 +59,43 @@ def _rates(times: list[float], counts: list[dict[str, float]], warmup: int) -> d
     }
 
 
+class PeakMemory:
+    """Peak memory over a block: CUDA's allocator peak on a GPU, else the process's resident set
+    (sampled every 2 ms by a thread: everything the process holds, not only tensors)."""
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda, self.peak, self._stop = cuda, 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            time.sleep(0.002)
+
+    def __enter__(self) -> PeakMemory:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        elif os.path.exists("/proc/self/statm"):
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.cuda:
+            self.peak = torch.cuda.max_memory_allocated()
+        elif self._thread.is_alive():
+            self._stop.set()
+            self._thread.join()
+
+    def report(self) -> dict[str, float | None]:
+        key = "peak_memory_gib" if self.cuda else "peak_rss_gib"
+        return {key: round(self.peak / 2**30, 3) if self.peak else None}
+
+
 def _lightning(args: list[str], steps: int, warmup: int, run_dir: str) -> tuple[dict[str, Any], Any]:
     """One Lightning block: a fresh fit of warmup + steps + 1 steps (epochs cycle as needed)."""
     from qanchor_pl.train.lightning_cli import build_pretrain_cli
@@ -64,8 +106,9 @@ def _lightning(args: list[str], steps: int, warmup: int, run_dir: str) -> tuple[
          "--checkpoint.every_n_train_steps", str(10**9), "--trainer.enable_progress_bar", "false"],
         extra_callbacks=[timer],
     )  # fmt: skip
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    return _rates(timer.times, timer.counts, warmup), cli
+    with PeakMemory(cuda=cli.model.device.type == "cuda" or torch.cuda.is_available()) as memory:
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    return {**_rates(timer.times, timer.counts, warmup), **memory.report()}, cli
 
 
 def endless(dataset: Any) -> Iterator[Any]:
@@ -118,9 +161,12 @@ def _plain(cli: Any, steps: int, warmup: int) -> dict[str, Any]:
 
 
 def _summary(blocks: list[dict[str, Any]]) -> dict[str, Any]:
-    """Medians over blocks, with the spread (min, max) of samples/s."""
+    """Medians over blocks, with the spread (min, max) of samples/s (and the largest peak memory)."""
     rates = [b["samples_per_s"] for b in blocks]
+    memory = {k: max(b[k] for b in blocks) for k in ("peak_memory_gib", "peak_rss_gib")
+              if all(b.get(k) is not None for b in blocks)}  # fmt: skip
     return {
+        **memory,
         "steps": blocks[0]["steps"],
         "blocks": len(blocks),
         "sec_per_step": round(statistics.median(b["sec_per_step"] for b in blocks), 4),
@@ -138,13 +184,18 @@ def bench_train(cfg: BenchTrainConfig) -> dict[str, Any]:
     if cfg.blocks < 1 or cfg.steps < 1:
         raise ValueError(f"bench train: blocks and steps must be >= 1, got {cfg.blocks} and {cfg.steps}")
     args = recipe_args(cfg.recipe, cfg.overrides)
-    lit_blocks, plain_blocks = [], []
+    if cfg.grad_cache is not None and cfg.grad_cache < 1:
+        raise ValueError(f"bench train: --grad_cache must be a chunk size >= 1, got {cfg.grad_cache}")
+    cached_args = [*args, "--model.grad_cache.chunk_size", str(cfg.grad_cache)] if cfg.grad_cache else None
+    lit_blocks, plain_blocks, cached_blocks = [], [], []
     with tempfile.TemporaryDirectory(prefix="qanchor-bench-") as tmp:
         for block in range(cfg.blocks):
             run_dir = str(Path(tmp) / f"block{block}")
             lit, cli = _lightning(args, cfg.steps, cfg.warmup, run_dir)
             plain_blocks.append(_plain(cli, cfg.steps, cfg.warmup))
             lit_blocks.append(lit)
+            if cached_args:
+                cached_blocks.append(_lightning(cached_args, cfg.steps, cfg.warmup, run_dir + "-cached")[0])
     pairs = [100.0 * (p["samples_per_s"] - q["samples_per_s"]) / p["samples_per_s"]
              for p, q in zip(plain_blocks, lit_blocks)]  # fmt: skip
     lit, plain = _summary(lit_blocks), _summary(plain_blocks)
@@ -167,7 +218,23 @@ def bench_train(cfg: BenchTrainConfig) -> dict[str, Any]:
         "lightning_overhead_pct": round(statistics.median(pairs), 2),
         "lightning_overhead_pct_per_block": [round(x, 2) for x in pairs],
         **flops,
+        **_grad_cache_report(cfg.grad_cache, cached_blocks, lit),
     }
+
+
+def _grad_cache_report(
+    chunk: int | None, blocks: list[dict[str, Any]], lit: dict[str, Any]
+) -> dict[str, Any]:
+    """The gradient cache's side against the plain Lightning step (same blocks, alternated)."""
+    if not chunk:
+        return {}
+    cached = _summary(blocks)
+    out = {"chunk_size": chunk, **cached,
+           "samples_per_s_change_pct": round(100.0 * (cached["samples_per_s"] / lit["samples_per_s"] - 1), 1)}  # fmt: skip
+    for key in ("peak_memory_gib", "peak_rss_gib"):
+        if cached.get(key) and lit.get(key):
+            out[f"{key}_ratio"] = round(cached[key] / lit[key], 3)
+    return {"grad_cache": out}
 
 
 def _utilisation(model: Any, cli: Any, tokens_per_s: float) -> dict[str, Any]:

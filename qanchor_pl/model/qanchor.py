@@ -34,6 +34,7 @@ class AnchorOutput:
     ntp_loss: torch.Tensor | None  # mean next-token loss over answer tokens, if computed
     anchor_tokens: int  # real tokens through the anchor tower
     answer_tokens: int  # real tokens through the semantic tower
+    ntp_tokens: int = 0  # answer tokens the NTP loss averages over (a chunk's weight in a batch's mean)
 
 
 class QAnchorModel(nn.Module):
@@ -225,6 +226,7 @@ class QAnchorModel(nn.Module):
         rows = torch.arange(h.shape[0], device=h.device)
         u = self.project_user(h[rows, packed.position_of(Role.USER_EMB)], self.user_summary(tok))
         ntp_loss = self.answer_ntp_loss(h, packed) if ntp else None
+        ntp_tokens = int((packed.role[:, 1:] == int(Role.ANSWER)).sum()) if ntp else 0
         v = self.embed_texts(batch["answer_ids"], batch["answer_mask"]) if semantic else None
         return AnchorOutput(
             u=u,
@@ -232,6 +234,7 @@ class QAnchorModel(nn.Module):
             ntp_loss=ntp_loss,
             anchor_tokens=int(packed.attention_mask.sum()),
             answer_tokens=int(batch["answer_mask"].sum()) if semantic else 0,
+            ntp_tokens=ntp_tokens,
         )
 
     def answer_ntp_loss(self, hidden: torch.Tensor, packed: Packed) -> torch.Tensor:

@@ -24,6 +24,9 @@ COMPOSITIONS: dict[str, list[str]] = {
     "pretrain qwen3b 64xA100 ZeRO-3": [
         "pretrain/qwen0.5b-1gpu", "pretrain/overlay/qwen3b", "pretrain/overlay/64xa100",
         "pretrain/overlay/zero3"],
+    "pretrain qwen3b 64xA100 DDP, gradient cache": [
+        "pretrain/qwen0.5b-1gpu", "pretrain/overlay/qwen3b", "pretrain/overlay/64xa100",
+        "pretrain/overlay/grad-cache"],
     "pretrain tiny on 2 CPU processes (DDP, gloo)": ["pretrain/tiny-cpu", "pretrain/overlay/cpu-ddp2"],
 }  # fmt: skip
 

@@ -145,8 +145,12 @@ def dense_all_action_loss(
     local = torch.arange(pos.shape[0], device=u.device)
     pos_score = s_pos[pos_owner, local + offset]
     per_pos = -pos_score + torch.logaddexp(pos_score, lse_neg[pos_owner])
-    n_pos = torch.zeros(b, device=u.device).index_add_(0, pos_owner, torch.ones_like(per_pos))
-    per_user = torch.zeros(b, device=u.device).index_add_(0, pos_owner, per_pos) / n_pos.clamp(min=1)
+    n_pos = torch.zeros(b, device=u.device, dtype=per_pos.dtype).index_add_(
+        0, pos_owner, torch.ones_like(per_pos)
+    )
+    per_user = torch.zeros(b, device=u.device, dtype=per_pos.dtype).index_add_(
+        0, pos_owner, per_pos
+    ) / n_pos.clamp(min=1)
     return global_mean(per_user, (rows & (n_pos > 0)).float())
 
 
@@ -208,7 +212,8 @@ class FutureHeads(nn.Module):
 
     def event_embedding(self, m: str, vectors: torch.Tensor, category_keys: torch.Tensor) -> torch.Tensor:
         """[N, D] text vectors (+ category keys [N]) -> [N, E] normalised event embeddings."""
-        e = self.event_projection[m](vectors.float())
+        proj = self.event_projection[m]
+        e = proj(vectors.to(proj.weight.dtype))  # the heads' precision (float32 under bf16 autocast)
         e = e + self.category_embedding[m](self.index.index(m, category_keys))
         return F.normalize(e, dim=-1)
 
@@ -231,7 +236,7 @@ class FutureHeads(nn.Module):
         rows = self.rows(batch, u)
         if self.occurrence is not None:
             targets = future_occurrence(self.index, self.modalities, batch["future"], self.spec.windows)
-            return multilabel_loss(self.occurrence(u.float()), targets, rows)
+            return multilabel_loss(self.occurrence(u.to(self.occurrence.weight.dtype)), targets, rows)
         return self._dense(batch, u, rows)
 
     def _dense(self, batch: dict[str, Any], u: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -248,10 +253,10 @@ class FutureHeads(nn.Module):
             neg.append(self.event_embedding(m, sample["vectors"], sample["category"]))
             neg_logq.append(sample["logq"])
         return dense_all_action_loss(
-            u.float(), torch.cat(pos), torch.cat(owner), torch.cat(logq).float(),
+            u.to(self.log_temperature.dtype), torch.cat(pos), torch.cat(owner), torch.cat(logq).float(),
             torch.cat(neg), torch.cat(neg_logq).float(), self.temperature, rows,
         )  # fmt: skip
 
     def reconstruction_loss(self, batch: dict[str, Any], u: torch.Tensor) -> torch.Tensor:
         target = self.index.log_count_vector(self.modalities, batch["event_category"], batch["event_mask"])
-        return reconstruction_loss(self.reconstruction(u.float()), target)
+        return reconstruction_loss(self.reconstruction(u.to(self.reconstruction.weight.dtype)), target)

@@ -11,6 +11,7 @@ runs resumable exactly:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any
 
@@ -22,6 +23,13 @@ from data_modules.util.hashing import stable_hash64
 from qanchor_pl.model.config import DataInputs, ModelSpec, QAnchorConfig, coerce
 from qanchor_pl.model.qanchor import QAnchorModel
 from qanchor_pl.train.future import FutureHeads, FutureSpec
+from qanchor_pl.train.grad_cache import (
+    GradCacheSpec,
+    cached_forward,
+    chunk_batches,
+    embedding_gradients,
+    replay_backward,
+)
 from qanchor_pl.train.losses import anchored_infonce
 from qanchor_pl.train.optim import build_optimizer
 
@@ -78,6 +86,8 @@ class PretrainModule(L.LightningModule):
             ``--future_events`` (and ``data.future_negatives`` for the dense form).
         reconstruction_weight: weight of the decoder from u to the user's log counts per
             (modality, category); 0 = off.
+        grad_cache: the gradient cache (see :class:`~qanchor_pl.train.grad_cache.GradCacheSpec`):
+            the backbone runs ``chunk_size`` rows at a time, the gradients stay the plain step's.
         lr, weight_decay, betas, warmup_steps, min_lr_ratio: AdamW with linear warmup then cosine
             decay to ``lr * min_lr_ratio`` at ``trainer.max_steps``.
         seed: seeds the per-step RNG (dropout).
@@ -91,6 +101,7 @@ class PretrainModule(L.LightningModule):
         ntp_weight: float = 1.0,
         future: FutureSpec = FutureSpec(),
         reconstruction_weight: float = 0.0,
+        grad_cache: GradCacheSpec = GradCacheSpec(),
         lr: float = 2e-4,
         weight_decay: float = 0.01,
         betas: tuple[float, float] = (0.9, 0.95),
@@ -107,6 +118,7 @@ class PretrainModule(L.LightningModule):
                 self.hparams[key] = plain(value)
         self.contrastive = coerce(ContrastiveSpec, contrastive)
         self.future_spec = coerce(FutureSpec, future)
+        self.grad_cache = coerce(GradCacheSpec, grad_cache)
         self.anchors_u = self.future_spec.weight > 0 or reconstruction_weight > 0
         if not self.contrastive.enabled and ntp_weight <= 0 and not self.anchors_u:
             raise ValueError("every loss is off: enable contrastive, or set ntp_weight, future.weight "
@@ -149,6 +161,21 @@ class PretrainModule(L.LightningModule):
             raise ValueError("PretrainModule needs `inputs` or a trainer DataModule with model_inputs()")
         self._build(DataInputs(**dm.model_inputs()))
 
+    def on_fit_start(self) -> None:
+        if not self.grad_cache.chunk_size:
+            return
+        if self.trainer.accumulate_grad_batches > 1:
+            raise ValueError(
+                "model.grad_cache.chunk_size with trainer.accumulate_grad_batches > 1: accumulation splits "
+                "the contrastive batch (fewer negatives); the gradient cache keeps it whole, use it alone"
+            )
+        if self._uses_deepspeed():
+            raise ValueError(
+                "model.grad_cache.chunk_size is not supported under DeepSpeed: its engine owns the "
+                "backward pass and cannot take the cache's per-chunk backward passes. Use strategy ddp "
+                "(with LoRA the optimizer state is small, so ZeRO saves little; see the grad-cache overlay)"
+            )
+
     def active_margin(self) -> float | None:
         cl = self.contrastive
         return cl.margin if self.global_step >= cl.margin_warmup_steps else None
@@ -158,18 +185,18 @@ class PretrainModule(L.LightningModule):
         return self.log_temperature.exp().clamp(min=1e-3)
 
     # -- the step -------------------------------------------------------------------------------
-    def compute_loss(
-        self, batch: dict[str, Any]
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, float]]:
-        """Loss of one batch, its loggable scalars (local) and token/sample counts (local)."""
-        cl, use_ntp = self.contrastive, self.hparams.ntp_weight > 0
-        out = self.model(batch, semantic=cl.enabled, ntp=use_ntp)
-        loss = out.u.new_zeros(())
+    def batch_losses(
+        self, batch: dict[str, Any], u: torch.Tensor, v: torch.Tensor | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The losses that couple the batch's users through u and v (anchored InfoNCE, the future
+        anchor, the count reconstruction), weighted and summed; and their loggable scalars."""
+        cl = self.contrastive
+        loss = u.new_zeros((), dtype=torch.float32)
         scalars: dict[str, torch.Tensor] = {}
         if cl.enabled:
             loss_cl, stats = anchored_infonce(
-                out.u,
-                out.v,
+                u,
+                v,
                 self.temperature,
                 margin=self.active_margin(),
                 uv=cl.uv,
@@ -184,27 +211,81 @@ class PretrainModule(L.LightningModule):
                 "train/neg_sim": torch.tensor(stats.neg_sim),
                 "train/masked_fraction": torch.tensor(stats.masked_fraction),
             }
-        if use_ntp:
-            loss = loss + self.hparams.ntp_weight * out.ntp_loss
-            scalars["train/loss_ntp"] = out.ntp_loss.detach()
         if self.future_spec.weight > 0:
-            loss_future = self.heads.future_loss(batch, out.u)
+            loss_future = self.heads.future_loss(batch, u)
             loss = loss + self.future_spec.weight * loss_future
             scalars["train/loss_future"] = loss_future.detach()
         if self.hparams.reconstruction_weight > 0:
-            loss_rec = self.heads.reconstruction_loss(batch, out.u)
+            loss_rec = self.heads.reconstruction_loss(batch, u)
             loss = loss + self.hparams.reconstruction_weight * loss_rec
             scalars["train/loss_reconstruction"] = loss_rec.detach()
+        return loss, scalars
+
+    def _finish_scalars(self, batch: dict[str, Any], scalars: dict[str, torch.Tensor],
+                        ntp_loss: torch.Tensor | None, loss: torch.Tensor) -> dict[str, torch.Tensor]:  # fmt: skip
+        if ntp_loss is not None:
+            scalars["train/loss_ntp"] = ntp_loss.detach()
         scalars["train/loss"] = loss.detach()
         if "answer_truncated" in batch:  # answers cut at max_answer_tokens: their NTP target is partial
             scalars["train/answer_truncated_frac"] = batch["answer_truncated"].float().mean()
+        return scalars
+
+    def compute_loss(
+        self, batch: dict[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, float]]:
+        """Loss of one batch, its loggable scalars (local) and token/sample counts (local)."""
+        use_ntp = self.hparams.ntp_weight > 0
+        out = self.model(batch, semantic=self.contrastive.enabled, ntp=use_ntp)
+        loss, scalars = self.batch_losses(batch, out.u, out.v)
+        if use_ntp:
+            loss = loss + self.hparams.ntp_weight * out.ntp_loss
+        scalars = self._finish_scalars(batch, scalars, out.ntp_loss, loss)
         counts = {"samples": float(out.u.shape[0]), "tokens": float(out.anchor_tokens + out.answer_tokens)}
         return loss, scalars, counts
+
+    def compute_loss_cached(
+        self, batch: dict[str, Any], backward: Callable[[torch.Tensor], None]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, float]]:
+        """The same step through the gradient cache (see :mod:`qanchor_pl.train.grad_cache`).
+
+        Every chunk but the last is back-propagated here with ``backward``; the returned tensor is
+        the last chunk's surrogate plus the batch losses (its backward completes the step's
+        gradients; its value is not the loss, which is in the scalars)."""
+        semantic, ntp_weight = self.contrastive.enabled, self.hparams.ntp_weight
+        rows = int(batch["query_ids"].shape[0])
+        chunks = chunk_batches(batch, rows, self.grad_cache.chunk_size)
+        cache = cached_forward(self.model, chunks, semantic=semantic, ntp=ntp_weight > 0, device=self.device)
+        u = cache.u.detach().requires_grad_()
+        v = cache.v.detach().requires_grad_() if cache.v is not None else None
+        batch_loss, scalars = self.batch_losses(batch, u, v)
+        du, dv = embedding_gradients(batch_loss, u, v)
+        last = replay_backward(self.model, chunks, cache, du, dv, semantic=semantic, ntp_weight=ntp_weight,
+                               backward=backward)  # fmt: skip
+        loss_value = batch_loss.detach() + (ntp_weight * cache.ntp_loss if ntp_weight > 0 else 0.0)
+        scalars = self._finish_scalars(batch, scalars, cache.ntp_loss, loss_value)
+        counts = {"samples": float(rows), "tokens": float(cache.anchor_tokens + cache.answer_tokens)}
+        return last + batch_loss, scalars, counts
+
+    def _backward_now(self, loss: torch.Tensor) -> None:
+        """A backward pass inside the step, scaled as Lightning scales the returned loss (a 16-bit
+        loss scaler); under DDP it accumulates without syncing (see the grad_cache module)."""
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
+        # Lightning zeroes the gradients between training_step and its backward; the cache's
+        # chunks have back-propagated inside training_step by then, so it zeroes them first instead.
+        if not self.grad_cache.chunk_size:
+            super().optimizer_zero_grad(epoch, batch_idx, optimizer)
 
     def training_step(self, dataloader_iter) -> torch.Tensor:
         batch, _, _ = next(dataloader_iter)
         torch.manual_seed(step_seed(self.hparams.seed, self.global_step, self.global_rank))
-        loss, scalars, counts = self.compute_loss(batch)
+        if self.grad_cache.chunk_size:
+            self.zero_grad(set_to_none=True)  # (instead of Lightning's optimizer_zero_grad, see there)
+            loss, scalars, counts = self.compute_loss_cached(batch, self._backward_now)
+        else:
+            loss, scalars, counts = self.compute_loss(batch)
         self.step_users = list(batch["user_id"])
         self._log_step(scalars, counts, batch_size=len(self.step_users))
         return loss
