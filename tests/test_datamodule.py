@@ -51,8 +51,9 @@ def test_batch_holds_vectors_masks_tabular_and_one_tokenised_qa_pair(built, shar
     assert batch["events"]["bill"].dtype.is_floating_point
 
 
-def test_one_epoch_serves_every_user_once_with_workers_and_epochs_reshuffle(built, shards):
-    dm = UserUDataModule(str(built), batch_size=16, buffer_size=32)
+@pytest.mark.parametrize("window", [0, 4])
+def test_one_epoch_serves_every_user_once_with_workers_and_epochs_reshuffle(built, shards, window):
+    dm = UserUDataModule(str(built), batch_size=16, buffer_size=32, length_window=window)
     e0 = [u for b in _epoch(dm, 0, workers=2) for u in b["user_id"]]
     e0_again = [u for b in _epoch(dm, 0, workers=2) for u in b["user_id"]]
     e1 = [u for b in _epoch(dm, 1, workers=2) for u in b["user_id"]]
@@ -90,3 +91,27 @@ def test_unknown_scenario_and_caps_are_clear_errors(built):
 
     with pytest.raises(DataError, match="no scenario 'Nope'"):
         ScenarioDataModule(str(built), scenario="Nope").setup()
+
+
+def test_length_balanced_batches_pad_fewer_event_slots(built):
+    def padding(window):
+        dm = UserUDataModule(str(built), batch_size=16, buffer_size=64, length_window=window)
+        real = slots = 0
+        for b in _epoch(dm, 0):
+            events = sum(m.sum(1) for m in b["event_mask"].values())
+            real, slots = real + int(events.sum()), slots + int(events.max()) * len(events)
+        return 1 - real / slots
+
+    assert padding(8) < padding(0)
+    with pytest.raises(ValueError, match="length_window must be >= 0"):
+        UserUDataModule(str(built), length_window=-1)
+
+
+def test_bench_data_reports_the_padding_fraction_before_and_after_length_balancing(built):
+    from data_modules.loading.bench import BenchDataConfig, bench_data
+
+    before, after = (
+        bench_data(BenchDataConfig(data=str(built), batch_size=16, length_window=w)) for w in (0, 8)
+    )
+    assert 0 < after["padding_fraction"] < before["padding_fraction"] < 1
+    assert before["samples"] == after["samples"] and after["length_window"] == 8

@@ -120,6 +120,7 @@ def test_bench_train_reports_lightning_and_plain_loop_rates(built):
     for side in ("lightning", "plain_pytorch"):
         assert report[side]["steps"] == 3 and report[side]["blocks"] == 2
         assert report[side]["samples_per_s"] > 0 and report[side]["tokens_per_s"] > 0
+        assert 0 < report[side]["padding_fraction"] < 1
         assert (
             report[side]["samples_per_s_min"]
             <= report[side]["samples_per_s"]

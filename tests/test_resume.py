@@ -20,11 +20,11 @@ from tests.conftest import ROOT
 BATCH = 16
 
 
-def _job(data, out, ckpt, steps, devices, workers, resume=False):
+def _job(data, out, ckpt, steps, devices, workers, resume=False, window=0):
     cmd = [
         sys.executable, str(ROOT / "tests/helpers/resume_job.py"), "--data", str(data), "--out", str(out),
         "--ckpt-dir", str(ckpt), "--max-steps", str(steps), "--devices", str(devices), "--workers", str(workers),
-        "--batch-size", str(BATCH),
+        "--batch-size", str(BATCH), "--length-window", str(window),
     ] + (["--resume"] if resume else [])  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -36,19 +36,22 @@ def _seen(out, rank):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "devices,workers,stop_at", [(1, 0, 7), (1, 2, 23), (2, 0, 11), (2, 2, 5), (1, 2, None), (2, 2, None)]
-)
-def test_resume_consumes_exactly_the_remaining_samples(built, tmp_path, devices, workers, stop_at):
-    """``stop_at=None``: after the first epoch's last batch (the saved pass is finished)."""
+    "devices,workers,stop_at,window",
+    [(1, 0, 7, 0), (1, 2, 23, 0), (2, 0, 11, 0), (2, 2, 5, 0), (1, 2, None, 0), (2, 2, None, 0),
+     (2, 2, 5, 3), (1, 2, None, 4)],
+)  # fmt: skip
+def test_resume_consumes_exactly_the_remaining_samples(built, tmp_path, devices, workers, stop_at, window):
+    """``stop_at=None``: after the first epoch's last batch (the saved pass is finished);
+    ``window``: length-balanced batches (data.length_window)."""
     n_users = sum(pq.ParquetFile(p).metadata.num_rows for p in (built / "shards").glob("*.parquet"))
     steps_per_epoch = -(-(n_users // devices) // BATCH)
     total = steps_per_epoch + 6  # crosses an epoch boundary
     stop_at = steps_per_epoch if stop_at is None else stop_at
     assert stop_at < total
 
-    _job(built, tmp_path / "full", tmp_path / "ck_full", total, devices, workers)
-    _job(built, tmp_path / "part", tmp_path / "ck", stop_at, devices, workers)
-    _job(built, tmp_path / "rest", tmp_path / "ck", total, devices, workers, resume=True)
+    _job(built, tmp_path / "full", tmp_path / "ck_full", total, devices, workers, window=window)
+    _job(built, tmp_path / "part", tmp_path / "ck", stop_at, devices, workers, window=window)
+    _job(built, tmp_path / "rest", tmp_path / "ck", total, devices, workers, resume=True, window=window)
 
     epoch_users = []
     for rank in range(devices):

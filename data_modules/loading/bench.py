@@ -26,6 +26,16 @@ class BenchDataConfig:
     """loader-side caps (<= the build's), e.g. 'paper'"""
     tokenizer: str | None = None
     """default: the data set's own tokenizer"""
+    length_window: int = 0
+    """length-balanced batches: batches per length-sorting window (0 = off)"""
+
+
+def anchor_slots(batch: dict) -> int:
+    """Positions of a batch's packed anchor sequence, events + query + answer per user padded to the
+    batch's longest (the model's few structural tokens, the same for every user, left out)."""
+    per_user = sum(m.sum(1) for m in batch["event_mask"].values()) + batch["query_mask"].sum(1)
+    per_user = per_user + batch["answer_mask"].sum(1)
+    return int(per_user.max()) * len(per_user)
 
 
 def bench_data(cfg: BenchDataConfig) -> dict:
@@ -35,8 +45,9 @@ def bench_data(cfg: BenchDataConfig) -> dict:
     from data_modules.loading.datamodule import UserStreamLoader, UserUDataModule  # torch: only when run
 
     dm = UserUDataModule(
-        str(data), tokenizer=tokenizer, batch_size=batch_size, num_workers=workers, max_events=max_events
-    )
+        str(data), tokenizer=tokenizer, batch_size=batch_size, num_workers=workers, max_events=max_events,
+        length_window=cfg.length_window,
+    )  # fmt: skip
     dataset = dm.make_dataset()
     loader = UserStreamLoader(dataset, num_workers=workers)
     with PeakRSS() as mem:
@@ -45,12 +56,13 @@ def bench_data(cfg: BenchDataConfig) -> dict:
         if first is None:
             raise DataError(data, "no users to load: nothing to time", expected="a data set with users")
         t0 = time.perf_counter()
-        n_samples = n_batches = n_tokens = n_events = 0
+        n_samples = n_batches = n_tokens = n_events = n_slots = 0
         for batch in it:
             n_batches += 1
             n_samples += len(batch["user_id"])
             n_tokens += int(batch["query_mask"].sum() + batch["answer_mask"].sum())
             n_events += int(sum(m.sum() for m in batch["event_mask"].values()))
+            n_slots += anchor_slots(batch)
             if batches and n_batches >= batches:
                 break
         seconds = time.perf_counter() - t0
@@ -75,6 +87,9 @@ def bench_data(cfg: BenchDataConfig) -> dict:
         "samples_per_s_per_worker": round(n_samples / seconds / max(workers, 1), 1),
         "events_per_sample": round(n_events / max(n_samples, 1), 1),
         "tokens_per_sample": round(n_tokens / max(n_samples, 1), 1),
+        "length_window": cfg.length_window,
+        # of the packed anchor sequence [events][query][answer]: what a batch pads to its longest member
+        "padding_fraction": round(1.0 - (n_events + n_tokens) / max(n_slots, 1), 4),
         "peak_rss_mb": round(mem.peak / 2**20, 1),
         "cpu": platform.processor() or platform.machine(),
     }

@@ -27,7 +27,7 @@ from data_modules.contract.scenarios import load_scenarios
 from data_modules.dataset.manifest import Manifest
 from data_modules.dataset.tokenizer import TOKENIZER_DIR, load_tokenizer
 from data_modules.encode.dataset import VECTORS_DIR, encoder_info
-from data_modules.loading.dataset import Units, UserStreamDataset, scan_units
+from data_modules.loading.dataset import Units, UserStreamDataset, scan_units, with_lengths
 from data_modules.util.errors import DataError
 
 
@@ -50,6 +50,9 @@ class UserUDataModule(L.LightningDataModule):
         future_negatives: for the dense future anchor (``model.future.form: dense``): batches carry
             the future events' text vectors and this many random vocabulary entries per modality
             (0: neither). Only data built with ``--future_events`` has future events.
+        length_window: length-balanced batches: each run of this many batches of a worker is
+            re-cut from its users sorted by event tokens (after the caps), the batches dealt back in
+            a random order (0 = off; see :mod:`~data_modules.loading.plan`, step 5).
     """
 
     def __init__(
@@ -67,8 +70,11 @@ class UserUDataModule(L.LightningDataModule):
         verify: bool = True,
         qa_version: str = "templated",
         future_negatives: int = 0,
+        length_window: int = 0,
     ) -> None:
         super().__init__()
+        if length_window < 0:
+            raise ValueError(f"length_window must be >= 0 (0 = off), got {length_window}")
         self.save_hyperparameters(ignore=["tokenizer"])
         self.data = Path(data)
         self._tokenizer_spec = tokenizer
@@ -157,6 +163,8 @@ class UserUDataModule(L.LightningDataModule):
         self._load_common()
         if self.units is None:
             self.units = scan_units(self._shard_paths())
+            if self.hparams.length_window:
+                self.units = with_lengths(self.units, self.manifest.event_modalities, self.caps)
 
     def _dataset(
         self,
@@ -189,6 +197,7 @@ class UserUDataModule(L.LightningDataModule):
             cutoff=self.manifest.cutoff,
             future=bool(self.manifest.config.get("future_events", False)),
             future_negatives=self.hparams.future_negatives,
+            length_window=self.hparams.get("length_window", 0) if units.lengths is not None else 0,
         )
 
     def make_dataset(self, *, world_size: int = 1, rank: int = 0) -> UserStreamDataset:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from data_modules.loading.collate import (
     pad_ragged,
     pad_token_ids,
 )
-from data_modules.loading.plan import PlanSpec, WorkerPlan, make_worker_plan, unit_order
+from data_modules.loading.plan import PlanSpec, WorkerPlan, make_worker_plan, steps_per_epoch, unit_order
 from data_modules.util.errors import DataError
 from data_modules.util.hashing import stable_hash64
 
@@ -47,6 +47,7 @@ class Units:
     row_group: np.ndarray  # [U] row group index within its shard
     rows: tuple[np.ndarray, ...]  # [U] row indices within the row group that are samples
     labels: tuple[np.ndarray, ...] | None = None  # [U] label per sample row (scenario mode)
+    lengths: tuple[np.ndarray, ...] | None = None  # [U] event tokens per sample row (length balancing)
 
     @property
     def sizes(self) -> np.ndarray:
@@ -95,6 +96,25 @@ def scan_units(files: list[str], labels: dict[str, int] | None = None) -> Units:
     )
 
 
+def with_lengths(units: Units, modalities: list[str], caps: dict[str, int]) -> Units:
+    """``units`` with each sample's event tokens after the caps, sum over modalities of
+    min(n_m, cap_m), read from the shards' ``n_{m}`` count columns (the only columns read)."""
+    files = {k: open_parquet(path) for k, path in enumerate(units.files)}
+    lengths = []
+    for shard, rg, rows in zip(units.shard.tolist(), units.row_group.tolist(), units.rows):
+        path = units.files[shard]
+        try:
+            counts = files[shard].read_row_group(rg, columns=[f"n_{m}" for m in modalities])
+        except (pa.ArrowInvalid, OSError, KeyError) as err:
+            raise DataError(path, f"cannot read the event counts n_* of row group {rg}: {err}") from None
+        total = np.zeros(counts.num_rows, dtype=np.int64)
+        for m in modalities:
+            n = counts.column(f"n_{m}").to_numpy(zero_copy_only=False).astype(np.int64)
+            total += np.minimum(n, caps[m])
+        lengths.append(total[rows])
+    return replace(units, lengths=tuple(lengths))
+
+
 def choose_pair(seed: int, epoch: int, user_id: str, n_pairs: int) -> int:
     """Which of a user's QA pairs this epoch uses: reproducible, independent of batch or rank."""
     return stable_hash64(f"{seed}:{epoch}:{user_id}", "little") % n_pairs
@@ -138,8 +158,11 @@ class UserStreamDataset(IterableDataset):
         cutoff: str | None = None,
         future: bool = False,
         future_negatives: int = 0,
+        length_window: int = 0,
     ) -> None:
         super().__init__()
+        if length_window and units.lengths is None:
+            raise ValueError("length_window needs units with lengths (see with_lengths)")
         if mode not in ("qa", "scenario", "users"):
             raise ValueError(f"mode must be 'qa', 'scenario' or 'users', got {mode!r}")
         if mode == "scenario" and (scenario_query is None or units.labels is None):
@@ -153,6 +176,7 @@ class UserStreamDataset(IterableDataset):
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.seed, self.shuffle, self.buffer_size = seed, shuffle, buffer_size
+        self.length_window = length_window
         self.world_size, self.rank = world_size, rank
         self.mode = mode
         self.scenario_query = scenario_query
@@ -198,10 +222,11 @@ class UserStreamDataset(IterableDataset):
 
     def __len__(self) -> int:
         """Batches per epoch on this rank (the same on every rank)."""
-        return self.plan(worker=0, num_workers=1).steps
+        return steps_per_epoch(self.units.num_samples, self.world_size, self.batch_size)
 
     # -- plan and reading -----------------------------------------------------------------------
-    def plan(self, worker: int, num_workers: int) -> WorkerPlan:
+    def plan(self, worker: int, num_workers: int, order: np.ndarray | None = None) -> WorkerPlan:
+        """The worker's plan; ``order`` (this epoch's unit order) is needed for length balancing."""
         spec = PlanSpec(
             seed=self.seed,
             epoch=self.epoch,
@@ -212,8 +237,15 @@ class UserStreamDataset(IterableDataset):
             batch_size=self.batch_size,
             shuffle=self.shuffle,
             buffer_size=self.buffer_size,
+            length_window=self.length_window,
         )
-        return make_worker_plan(self.units.num_samples, spec)
+        lengths = None
+        if self.length_window:
+            order = (
+                unit_order(self.units.shard, self.seed, self.epoch, self.shuffle) if order is None else order
+            )
+            lengths = np.concatenate([self.units.lengths[u] for u in order])  # by epoch-stream position
+        return make_worker_plan(self.units.num_samples, spec, lengths)
 
     @property
     def vectors(self) -> dict[str, np.ndarray]:
@@ -257,8 +289,8 @@ class UserStreamDataset(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        plan = self.plan(worker, num_workers)
         order = unit_order(self.units.shard, self.seed, self.epoch, self.shuffle)
+        plan = self.plan(worker, num_workers, order)
         sizes = self.units.sizes[order]
         starts = np.concatenate([[0], np.cumsum(sizes)])
         # For every planned sample: which unit (in epoch order) and which row inside it.

@@ -16,6 +16,12 @@ unit sizes only, so that it can be recomputed anywhere and a resume needs nothin
    shuffles its samples with a bounded buffer (``buffer_size``) so it reads row groups nearly
    sequentially, then cuts them into its batches.
 
+5. Optionally (``length_window`` > 0), batches are length-balanced: each run of ``length_window``
+   consecutive batches of a worker is re-cut after sorting its samples by token length, and the
+   re-cut batches are dealt to that run's batch slots in a random order. A batch then pads to
+   members of similar length, the order of long and short batches stays random, the window keeps
+   reads local (its samples were near each other in the stream), and every slot keeps its size.
+
 Because every rank has the same S and the same split into workers, the count of batches each
 worker has produced is the same on every rank: rank 0's loader state resumes all ranks.
 """
@@ -40,6 +46,7 @@ class PlanSpec:
     batch_size: int
     shuffle: bool = True
     buffer_size: int = 1024
+    length_window: int = 0  # batches per length-sorting window; 0 = off
 
 
 def unit_order(shard_of_unit: np.ndarray, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
@@ -113,7 +120,31 @@ class WorkerPlan:
         return self.positions[self.batch_bounds[j] : self.batch_bounds[j + 1]]
 
 
-def make_worker_plan(n_samples: int, spec: PlanSpec) -> WorkerPlan:
+def length_balanced(
+    positions: np.ndarray, bounds: np.ndarray, lengths: np.ndarray, window: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``positions`` regrouped so that each window of ``window`` batches is cut from its samples
+    sorted by length, the cut groups dealt to the window's slots in a random order (see step 5).
+
+    ``bounds`` are the batch bounds into ``positions``; ``lengths`` is indexed by position."""
+    out = positions.copy()
+    n_batches = len(bounds) - 1
+    for w0 in range(0, n_batches, window):
+        w1 = min(w0 + window, n_batches)
+        lo, hi = bounds[w0], bounds[w1]
+        members = positions[lo:hi]
+        ranked = members[np.argsort(lengths[members], kind="stable")]  # ties keep the shuffled order
+        slots = w0 + rng.permutation(w1 - w0)
+        start = 0
+        for slot in slots:  # the k-th shortest group goes to a random slot, at that slot's size
+            size = bounds[slot + 1] - bounds[slot]
+            out[bounds[slot] : bounds[slot + 1]] = ranked[start : start + size]
+            start += size
+    return out
+
+
+def make_worker_plan(n_samples: int, spec: PlanSpec, lengths: np.ndarray | None = None) -> WorkerPlan:
+    """A worker's plan; ``lengths`` (per epoch-stream position) only with ``spec.length_window``."""
     steps = steps_per_epoch(n_samples, spec.world_size, spec.batch_size)
     r0, r1 = rank_slice(n_samples, spec.world_size, spec.rank)
     sizes = rank_batch_sizes(r1 - r0, steps, spec.batch_size)
@@ -124,4 +155,10 @@ def make_worker_plan(n_samples: int, spec: PlanSpec) -> WorkerPlan:
     if spec.shuffle:
         rng = np.random.default_rng([spec.seed, spec.epoch, spec.rank, spec.worker, 0xB0F])
         positions = positions[buffered_shuffle(len(positions), spec.buffer_size, rng)]
-    return WorkerPlan(positions=positions, batch_bounds=offsets[a : b + 1] - offsets[a], steps=steps)
+    bounds = offsets[a : b + 1] - offsets[a]
+    if spec.length_window > 0:
+        if lengths is None or len(lengths) != n_samples:
+            raise ValueError("a length-balanced plan needs one length per sample of the epoch stream")
+        rng = np.random.default_rng([spec.seed, spec.epoch, spec.rank, spec.worker, 0x1E9])
+        positions = length_balanced(positions, bounds, lengths, spec.length_window, rng)
+    return WorkerPlan(positions=positions, batch_bounds=bounds, steps=steps)

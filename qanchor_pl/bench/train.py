@@ -50,7 +50,9 @@ def _rates(times: list[float], counts: list[dict[str, float]], warmup: int) -> d
     steps = len(times) - 1 - warmup
     samples = sum(c["samples"] for c in counts[warmup + 1 :])
     tokens = sum(c["tokens"] for c in counts[warmup + 1 :])
+    slots = sum(c.get("slots", 0.0) for c in counts[warmup + 1 :])
     return {
+        "padding_fraction": round(1.0 - tokens / slots, 4) if slots else None,
         "steps": steps,
         "seconds": round(seconds, 3),
         "sec_per_step": round(seconds / steps, 4),
@@ -174,6 +176,7 @@ def _summary(blocks: list[dict[str, Any]]) -> dict[str, Any]:
         "samples_per_s_min": min(rates),
         "samples_per_s_max": max(rates),
         "tokens_per_s": round(statistics.median(b["tokens_per_s"] for b in blocks), 1),
+        "padding_fraction": round(statistics.median(b["padding_fraction"] or 0.0 for b in blocks), 4),
     }
 
 

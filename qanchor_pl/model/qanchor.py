@@ -35,6 +35,7 @@ class AnchorOutput:
     anchor_tokens: int  # real tokens through the anchor tower
     answer_tokens: int  # real tokens through the semantic tower
     ntp_tokens: int = 0  # answer tokens the NTP loss averages over (a chunk's weight in a batch's mean)
+    slots: int = 0  # padded positions through both towers (real tokens + padding)
 
 
 class QAnchorModel(nn.Module):
@@ -235,6 +236,7 @@ class QAnchorModel(nn.Module):
             anchor_tokens=int(packed.attention_mask.sum()),
             answer_tokens=int(batch["answer_mask"].sum()) if semantic else 0,
             ntp_tokens=ntp_tokens,
+            slots=int(packed.attention_mask.numel()) + (int(batch["answer_mask"].numel()) if semantic else 0),
         )
 
     def answer_ntp_loss(self, hidden: torch.Tensor, packed: Packed) -> torch.Tensor:

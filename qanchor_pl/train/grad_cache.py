@@ -88,13 +88,14 @@ class CachedForward:
     rng: list[RngState]
     anchor_tokens: int
     answer_tokens: int
+    slots: int  # padded positions (each chunk pads to its own longest member)
 
 
 def cached_forward(model: torch.nn.Module, chunks: list[dict[str, Any]], *, semantic: bool, ntp: bool,
                    device: torch.device) -> CachedForward:  # fmt: skip
     """Step 1: every chunk forward without gradients."""
     us, vs, ntp_sums, ntp_tokens, rng = [], [], [], [], []
-    anchor_tokens = answer_tokens = 0
+    anchor_tokens = answer_tokens = slots = 0
     with torch.no_grad():
         for chunk in chunks:
             rng.append(RngState(device))
@@ -106,10 +107,11 @@ def cached_forward(model: torch.nn.Module, chunks: list[dict[str, Any]], *, sema
                 ntp_sums.append(out.ntp_loss.float() * out.ntp_tokens)
             anchor_tokens += out.anchor_tokens
             answer_tokens += out.answer_tokens
+            slots += out.slots
     ntp_loss = torch.stack(ntp_sums).sum() / max(sum(ntp_tokens), 1) if ntp else None
     return CachedForward(
         u=torch.cat(us), v=torch.cat(vs) if semantic else None, ntp_loss=ntp_loss, ntp_tokens=ntp_tokens,
-        rng=rng, anchor_tokens=anchor_tokens, answer_tokens=answer_tokens,
+        rng=rng, anchor_tokens=anchor_tokens, answer_tokens=answer_tokens, slots=slots,
     )  # fmt: skip
 
 

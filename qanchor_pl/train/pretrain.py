@@ -240,7 +240,8 @@ class PretrainModule(L.LightningModule):
         if use_ntp:
             loss = loss + self.hparams.ntp_weight * out.ntp_loss
         scalars = self._finish_scalars(batch, scalars, out.ntp_loss, loss)
-        counts = {"samples": float(out.u.shape[0]), "tokens": float(out.anchor_tokens + out.answer_tokens)}
+        counts = {"samples": float(out.u.shape[0]), "tokens": float(out.anchor_tokens + out.answer_tokens),
+                  "slots": float(out.slots)}  # fmt: skip
         return loss, scalars, counts
 
     def compute_loss_cached(
@@ -263,7 +264,8 @@ class PretrainModule(L.LightningModule):
                                backward=backward)  # fmt: skip
         loss_value = batch_loss.detach() + (ntp_weight * cache.ntp_loss if ntp_weight > 0 else 0.0)
         scalars = self._finish_scalars(batch, scalars, cache.ntp_loss, loss_value)
-        counts = {"samples": float(rows), "tokens": float(cache.anchor_tokens + cache.answer_tokens)}
+        counts = {"samples": float(rows), "tokens": float(cache.anchor_tokens + cache.answer_tokens),
+                  "slots": float(cache.slots)}  # fmt: skip
         return last + batch_loss, scalars, counts
 
     def _backward_now(self, loss: torch.Tensor) -> None:
@@ -294,7 +296,7 @@ class PretrainModule(L.LightningModule):
         """One all-reduce for every scalar: means of the losses, sums of the counts over ranks."""
         names = list(scalars)
         local = torch.stack([scalars[n].float().to(self.device) for n in names] + [
-            torch.tensor(counts["samples"], device=self.device), torch.tensor(counts["tokens"], device=self.device)
+            torch.tensor(counts[k], device=self.device) for k in ("samples", "tokens", "slots")
         ])  # fmt: skip
         world = self.trainer.world_size
         total = self.trainer.strategy.reduce(local, reduce_op="sum") if world > 1 else local
@@ -303,7 +305,12 @@ class PretrainModule(L.LightningModule):
         values["train/lr"] = torch.tensor(self.trainer.optimizers[0].param_groups[0]["lr"])
         self.log_dict(values, on_step=True, on_epoch=False, prog_bar=False, batch_size=batch_size)
         self.log("loss", values["train/loss"], prog_bar=True, logger=False, batch_size=batch_size)
-        self.step_counts = {"samples": float(total[-2]), "tokens": float(total[-1])}
+        # slots: padded positions through both towers (1 - tokens / slots is the padding fraction)
+        self.step_counts = {
+            "samples": float(total[-3]),
+            "tokens": float(total[-2]),
+            "slots": float(total[-1]),
+        }
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         grads = [p.grad for p in self.parameters() if p.grad is not None]

@@ -48,10 +48,12 @@ def main() -> None:
     p.add_argument("--devices", type=int, default=1)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--length-window", type=int, default=0)
     args = p.parse_args()
 
     L.seed_everything(0, workers=True)
-    dm = UserUDataModule(args.data, batch_size=args.batch_size, num_workers=args.workers, buffer_size=64)
+    dm = UserUDataModule(args.data, batch_size=args.batch_size, num_workers=args.workers, buffer_size=64,
+                         length_window=args.length_window)  # fmt: skip
     model = RecordingModule(dm.tabular_dim)
     trainer = L.Trainer(
         accelerator="cpu",
