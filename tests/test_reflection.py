@@ -164,3 +164,64 @@ def test_the_one_pass_reflection_keeps_what_the_sentence_loop_keeps():
         assert reflect(answer, facts) == slow, repr(answer)
         compared += not slow[1]  # nothing dropped: the case the fast path takes
     assert compared > 500
+
+
+def test_the_plain_template_shortcut_returns_what_the_full_check_returns():
+    """Templated answers skip reflection when their free words are plain and their quotes are
+    whole spans (issue 27 part 4): on random, partly adversarial topic names, labels, units and
+    event texts, the shortcut's answer equals the full check's, and it is taken often."""
+    import dataclasses
+    import random
+
+    from data_modules.contract.modalities import ModalityMeta
+    from data_modules.supervision.templated import FutureAction, TopicStats, render_future, render_topic
+
+    rng = random.Random(1)
+    bits = [
+        "a",
+        "Shop",
+        " ",
+        "  ",
+        "3",
+        "4.5",
+        ".",
+        "!",
+        "?",
+        '"',
+        ", ",
+        " (",
+        "2 times), ",
+        "\t",
+        "x",
+        "\x00",
+        "",
+    ]
+
+    def words(k: int) -> str:
+        return "".join(rng.choice(bits) for _ in range(rng.randint(0, k)))
+
+    taken = 0
+    for case in range(3000):
+        texts = [words(4) for _ in range(3)] + ["2 times), ", ", "][: rng.randint(0, 2)]
+        meta = {m: ModalityMeta(m, description=words(3) if rng.random() < 0.5 else "", unit=words(2),
+                                value_kind=rng.choice(["number", "rating", "amount"])) for m in ("p", "q")}  # fmt: skip
+        stats = TopicStats(
+            n=rng.randint(1, 40), active_days=rng.randint(1, 9), distinct=rng.randint(1, 5),
+            top=[(t, rng.randint(1, 9)) for t in rng.sample(texts, min(3, len(texts)))],
+            values={m: (rng.randint(-5000, 90000), rng.randint(0, 6)) for m in rng.sample(["p", "q"], rng.randint(0, 2))},
+            last_days_ago=rng.randint(0, 40), last_text=rng.choice(texts), weekend=0, last_week=rng.randint(0, 5),
+            span_days=rng.randint(1, 90), later_half=0,
+        )  # fmt: skip
+        stats = dataclasses.replace(
+            stats, weekend=rng.randint(0, stats.n), later_half=rng.randint(0, stats.n)
+        )
+        if case % 4 == 0:
+            actions = [FutureAction(t, rng.randint(1, 9), rng.randint(0, 2)) for t in texts]
+            answer, facts = render_future(actions, 30, 3)
+        else:
+            kind = rng.choice(["events", "recency", "trend"])
+            answer, facts = render_topic(words(4) or "topic", kind, words(3) or "app", stats, meta)
+        full = reflect(answer, dataclasses.replace(facts, plain=False))
+        assert reflect(answer, facts) == full, repr(answer)
+        taken += facts.plain and full[0] == answer
+    assert taken > 300
