@@ -316,22 +316,37 @@ def topic_stats(
     )
     for u, t, mod, total, k in valued.iter_rows():
         values.setdefault((u, t), {})[mod] = (int(total), int(k))
-    for row in chosen.iter_rows(named=True):
-        u, t = row["user_id"], int(row["t"])
+    fields = ["user_id", "t", "n", "days", "distinct", "last_days_ago", "last_text", "weekend", "last_week",
+              "span_days", "later_half"]  # fmt: skip
+    # plain tuples: a named row per (user, topic) costs a dict each
+    for (
+        u,
+        t,
+        n,
+        days,
+        distinct,
+        last_days_ago,
+        last_text,
+        weekend,
+        last_week,
+        span_days,
+        later_half,
+    ) in chosen.select(fields).iter_rows():
+        t = int(t)
         yield (
             u,
             t,
             qa.TopicStats(
-                n=int(row["n"]),
-                active_days=int(row["days"]),
-                distinct=int(row["distinct"]),
+                n=int(n),
+                active_days=int(days),
+                distinct=int(distinct),
                 top=top_lookup[(u, t)],
                 values=values.get((u, t), {}),
-                last_days_ago=int(row["last_days_ago"]),
-                last_text=row["last_text"],
-                weekend=int(row["weekend"]),
-                last_week=int(row["last_week"]),
-                span_days=int(row["span_days"]),
-                later_half=int(row["later_half"]),
+                last_days_ago=int(last_days_ago),
+                last_text=last_text,
+                weekend=int(weekend),
+                last_week=int(last_week),
+                span_days=int(span_days),
+                later_half=int(later_half),
             ),
         )

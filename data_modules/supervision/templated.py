@@ -36,14 +36,23 @@ def number_key(text: str) -> str:
 class Facts:
     """What an answer may state: numbers (by value) and event texts it may quote."""
 
-    numbers: set[str] = field(default_factory=set)
     spans: set[str] = field(default_factory=set)
     # set by a template whose free words (names, labels, units) reflection cannot react to: then
     # an answer whose quotes are whole spans is already what reflect returns (see reflect)
     plain: bool = False
+    _values: list[object] = field(default_factory=list, repr=False)
+    _numbers: set[str] | None = field(default=None, repr=False)
 
     def add_numbers(self, values: Iterable[object]) -> None:
-        self.numbers |= {number_key(str(v)) for v in values}
+        self._values.extend(values)
+        self._numbers = None
+
+    @property
+    def numbers(self) -> set[str]:
+        """The stated numbers' keys, computed when first read (most templated answers never are)."""
+        if self._numbers is None:
+            self._numbers = {number_key(str(v)) for v in self._values}
+        return self._numbers
 
 
 def mask_quotes(text: str, spans: Iterable[str], *, partial: bool = False) -> tuple[str, list[str]]:
@@ -107,11 +116,16 @@ def plain_free_text(text: str) -> bool:
     return not _REACTIVE_FREE_TEXT.search(text)
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _whole_span(span: str) -> bool:
+    return bool(span) and '"' not in span and "\x00" not in span
+
+
 def quotes_are_whole_spans(answer: str, spans: set[str]) -> bool:
     """Whether every quote of a templated answer is one whole allowed span, so that masking finds
     exactly the inserted ones: spans are non-empty and hold no quote or NUL, and no stretch between
     two quotes (``", "``, `` (3 times), ``) is itself a span masking could take first."""
-    if any(not s or '"' in s or "\x00" in s for s in spans):
+    if not all(map(_whole_span, spans)):
         return False
     parts = answer.split('"')
     return not any(between in spans for between in parts[2:-2:2])
