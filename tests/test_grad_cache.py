@@ -127,3 +127,56 @@ def test_gradient_accumulation_with_the_cache_is_refused_by_name(built, tmp_path
     proc = run_qanchor(*pretrain_args(built, tmp_path / "run", 2, "--model.grad_cache.chunk_size", "4",
                                       "--trainer.accumulate_grad_batches", "2"), check=False)  # fmt: skip
     assert proc.returncode != 0 and "accumulate_grad_batches > 1" in proc.stderr
+
+
+@pytest.mark.gpu
+def test_on_cuda_each_chunk_replays_its_dropout_and_the_gradients_match(model_data, future_data):
+    """The CUDA rng state is saved and restored per chunk; the cached step's gradients equal the
+    plain step's on the GPU (float32; 1e-4 of each tensor's largest entry: CUDA kernels may pick
+    other reduction orders for other batch shapes)."""
+    replay_and_gradients_on(torch.device("cuda"), model_data, future_data, tolerance=1e-4)
+
+
+def replay_and_gradients_on(cuda: torch.device, model_data, future_data, tolerance: float) -> None:
+    """The GPU test's body, for any device (its CPU run is how the test itself was checked here)."""
+    from lightning.fabric.utilities.apply_func import move_data_to_device
+
+    from data_modules.loading.datamodule import UserUDataModule
+    from qanchor_pl.model.config import DataInputs
+    from qanchor_pl.train.pretrain import PretrainModule
+
+    inputs, batch = model_data
+    model = model_for(inputs, lora=LoraSpec(r=4, alpha=8, dropout=0.5)).train().to(cuda)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    batch = move_data_to_device(batch, cuda)
+    chunks = chunk_batches(batch, batch["query_ids"].shape[0], 4)
+    torch.manual_seed(3)
+    cache = cached_forward(model, chunks, semantic=True, ntp=True, device=cuda)
+    for k, chunk in enumerate(chunks):
+        cache.rng[k].restore()
+        again = model(chunk, semantic=True, ntp=True)
+        assert torch.equal(again.u, cache.u[4 * k : 4 * k + chunk["query_ids"].shape[0]])
+
+    dm = UserUDataModule(str(future_data), batch_size=8, future_negatives=16)
+    batch = move_data_to_device(next(iter(dm.make_dataset())), cuda)
+    arch = {"backbone": "tiny", "tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
+            "intermediate_size": 128}, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}, "head_hidden": 64, "embed_dim": 16}  # fmt: skip
+    grads = []
+    for chunk_size in (None, 3):
+        torch.manual_seed(0)
+        module = PretrainModule(arch=arch, contrastive={"margin_warmup_steps": 0}, reconstruction_weight=0.3,
+                                future={"weight": 0.5, "form": "dense"}, grad_cache={"chunk_size": chunk_size},
+                                inputs=DataInputs(**dm.model_inputs())).to(cuda).train()  # fmt: skip
+        if chunk_size:
+            loss = module.compute_loss_cached(batch, lambda surrogate: surrogate.backward())[0]
+        else:
+            loss = module.compute_loss(batch)[0]
+        loss.backward()
+        grads.append({n: p.grad for n, p in module.named_parameters() if p.grad is not None})
+    plain, cached = grads
+    assert plain.keys() == cached.keys()
+    for name, g in plain.items():
+        assert float((g - cached[name]).abs().max()) <= tolerance * max(float(g.abs().max()), 1e-12), name
