@@ -11,8 +11,9 @@ import torch
 
 from data_modules.builder.runner import BuildConfig, build
 from data_modules.encode.dataset import encode_dataset
+from data_modules.loading.collate import batch_rows
 from qanchor_pl.model.config import LoraSpec
-from qanchor_pl.train.grad_cache import GradCacheSpec, cached_forward, chunk_batches, slice_rows
+from qanchor_pl.train.grad_cache import GradCacheSpec, cached_forward, chunk_batches
 from tests.conftest import run_qanchor
 from tests.helpers.cli_args import pretrain_args
 from tests.helpers.tiny import model_for
@@ -94,7 +95,7 @@ def test_each_chunk_replays_its_own_dropout_masks(model_data):
 def test_slicing_keeps_whole_batch_entries_and_the_spec_checks_its_size():
     batch = {"a": torch.arange(6), "ids": list("abcdef"), "nested": {"x": torch.ones(6, 2)}, "k": torch.ones(3),
              "future": {"x": torch.ones(6)}}  # fmt: skip
-    part = slice_rows({k: v for k, v in batch.items() if k != "future"}, 2, 4, 6)
+    part = batch_rows({k: v for k, v in batch.items() if k != "future"}, slice(2, 4), 6)
     assert part["a"].tolist() == [2, 3] and part["ids"] == ["c", "d"] and part["nested"]["x"].shape == (2, 2)
     assert part["k"].shape == (3,)  # not per-row: kept whole
     assert "future" not in chunk_batches(batch, 6, 4)[0]

@@ -1,9 +1,33 @@
-"""Vectorised collation: ragged per-user lists -> padded batch arrays, with no per-sample Python loop."""
+"""Vectorised collation: ragged per-user lists -> padded batch arrays, with no per-sample Python loop;
+and the rows of a collated batch."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
+import torch
+from lightning_utilities.core.apply_func import apply_to_collection
+
+
+def batch_rows(batch: Any, index: slice | list[int], rows: int) -> Any:
+    """Users ``index`` (a slice, or row numbers) of a nested batch of ``rows`` users: every tensor
+    and list whose first dimension is ``rows`` is indexed, anything else (a shared entry, a 0-d
+    tensor) is kept whole."""
+
+    def take(x: torch.Tensor | list) -> torch.Tensor | list:
+        if len(x.shape if isinstance(x, torch.Tensor) else x) == 0 or len(x) != rows:
+            return x
+        if isinstance(index, slice):
+            return x[index]
+        return (
+            x[torch.as_tensor(index, dtype=torch.long)]
+            if isinstance(x, torch.Tensor)
+            else [x[i] for i in index]
+        )
+
+    return apply_to_collection(batch, (torch.Tensor, list), take)
 
 
 def _ragged_index(lengths: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

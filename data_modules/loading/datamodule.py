@@ -27,7 +27,7 @@ from data_modules.contract.scenarios import load_scenarios
 from data_modules.dataset.manifest import Manifest
 from data_modules.dataset.tokenizer import TOKENIZER_DIR, load_tokenizer
 from data_modules.encode.dataset import VECTORS_DIR, encoder_info
-from data_modules.loading.dataset import Units, UserStreamDataset, scan_units, with_lengths
+from data_modules.loading.dataset import Units, UserStreamDataset, scan_units
 from data_modules.util.errors import DataError
 
 
@@ -162,9 +162,12 @@ class UserUDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self._load_common()
         if self.units is None:
-            self.units = scan_units(self._shard_paths())
-            if self.hparams.length_window:
-                self.units = with_lengths(self.units, self.manifest.event_modalities, self.caps)
+            caps = (
+                {m: self.caps[m] for m in self.manifest.event_modalities}
+                if self.hparams.length_window
+                else None
+            )
+            self.units = scan_units(self._shard_paths(), length_caps=caps)
 
     def _dataset(
         self,

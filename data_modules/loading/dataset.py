@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +67,14 @@ def open_parquet(path: str | Path) -> pq.ParquetFile:
         raise DataError(path, f"not a readable parquet file (truncated or corrupt?): {err}") from None
 
 
-def scan_units(files: list[str], labels: dict[str, int] | None = None) -> Units:
-    """All row groups of ``files``. With ``labels`` (user_id -> label), keep only labelled users."""
-    shard, rgs, rows, labs = [], [], [], []
+def scan_units(
+    files: list[str], labels: dict[str, int] | None = None, length_caps: dict[str, int] | None = None
+) -> Units:
+    """All row groups of ``files``. With ``labels`` (user_id -> label), keep only labelled users.
+    With ``length_caps`` (modality -> cap), also each sample's event tokens after the caps, the sum
+    of min(n_m, cap_m) from the shards' ``n_{m}`` count columns (for length-balanced batches)."""
+    shard, rgs, rows, labs, lengths = [], [], [], [], []
+    columns = (["user_id"] if labels is not None else []) + [f"n_{m}" for m in length_caps or {}]
     for k, path in enumerate(files):
         pf = open_parquet(path)
         if pf.metadata.num_rows == 0:
@@ -78,12 +83,23 @@ def scan_units(files: list[str], labels: dict[str, int] | None = None) -> Units:
             )
         for g in range(pf.num_row_groups):
             n = pf.metadata.row_group(g).num_rows
+            try:
+                group = pf.read_row_group(g, columns=columns) if columns else None
+            except (pa.ArrowInvalid, OSError, KeyError) as err:
+                raise DataError(path, f"cannot read columns {columns} of row group {g}: {err}") from None
             if labels is None:
                 keep = np.arange(n)
             else:
-                ids = pf.read_row_group(g, columns=["user_id"]).column("user_id").to_pylist()
+                ids = group.column("user_id").to_pylist()
                 keep = np.array([i for i, u in enumerate(ids) if u in labels], dtype=np.int64)
                 labs.append(np.array([labels[ids[i]] for i in keep], dtype=np.int64))
+            if length_caps:
+                total = np.zeros(n, dtype=np.int64)
+                for m, cap in length_caps.items():
+                    total += np.minimum(
+                        group.column(f"n_{m}").to_numpy(zero_copy_only=False).astype(np.int64), cap
+                    )
+                lengths.append(total[keep])
             shard.append(k)
             rgs.append(g)
             rows.append(keep)
@@ -93,26 +109,8 @@ def scan_units(files: list[str], labels: dict[str, int] | None = None) -> Units:
         row_group=np.array(rgs, dtype=np.int64),
         rows=tuple(rows),
         labels=tuple(labs) if labels is not None else None,
+        lengths=tuple(lengths) if length_caps else None,
     )
-
-
-def with_lengths(units: Units, modalities: list[str], caps: dict[str, int]) -> Units:
-    """``units`` with each sample's event tokens after the caps, sum over modalities of
-    min(n_m, cap_m), read from the shards' ``n_{m}`` count columns (the only columns read)."""
-    files = {k: open_parquet(path) for k, path in enumerate(units.files)}
-    lengths = []
-    for shard, rg, rows in zip(units.shard.tolist(), units.row_group.tolist(), units.rows):
-        path = units.files[shard]
-        try:
-            counts = files[shard].read_row_group(rg, columns=[f"n_{m}" for m in modalities])
-        except (pa.ArrowInvalid, OSError, KeyError) as err:
-            raise DataError(path, f"cannot read the event counts n_* of row group {rg}: {err}") from None
-        total = np.zeros(counts.num_rows, dtype=np.int64)
-        for m in modalities:
-            n = counts.column(f"n_{m}").to_numpy(zero_copy_only=False).astype(np.int64)
-            total += np.minimum(n, caps[m])
-        lengths.append(total[rows])
-    return replace(units, lengths=tuple(lengths))
 
 
 def choose_pair(seed: int, epoch: int, user_id: str, n_pairs: int) -> int:
@@ -162,7 +160,7 @@ class UserStreamDataset(IterableDataset):
     ) -> None:
         super().__init__()
         if length_window and units.lengths is None:
-            raise ValueError("length_window needs units with lengths (see with_lengths)")
+            raise ValueError("length_window needs units with lengths (scan_units' length_caps)")
         if mode not in ("qa", "scenario", "users"):
             raise ValueError(f"mode must be 'qa', 'scenario' or 'users', got {mode!r}")
         if mode == "scenario" and (scenario_query is None or units.labels is None):

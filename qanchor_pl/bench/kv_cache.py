@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import torch
+from lightning_utilities.core.apply_func import apply_to_collection
 
 from data_modules.builder.caps import PAPER_CAPS
 from data_modules.encode.encoders import minilm_path
@@ -55,11 +56,9 @@ def _median_seconds(fn, repeats: int, device: str = "cpu") -> float:
 
 def _to(batch: Any, device: str, dtype: torch.dtype) -> Any:
     """The batch on ``device``, float tensors in ``dtype``."""
-    if isinstance(batch, dict):
-        return {k: _to(v, device, dtype) for k, v in batch.items()}
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device=device, dtype=dtype if batch.is_floating_point() else batch.dtype)
-    return batch
+    return apply_to_collection(
+        batch, torch.Tensor, lambda t: t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+    )
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ report gives medians and the spread. Small data sets cycle epochs.
 
 ``--grad_cache N`` adds a third side, the Lightning step with ``model.grad_cache.chunk_size N``,
 in the same alternation: samples/s and peak memory with and without the gradient cache (on CUDA
-the allocator's peak; on the CPU the process's resident set, sampled every 2 ms).
+the allocator's peak; on the CPU the resident set of the process and its loader workers).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import os
 import platform
 import statistics
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from data_modules.util.memory import PeakRSS
 from qanchor_pl.config import BenchTrainConfig
 from qanchor_pl.model.config import DataInputs
 
@@ -62,36 +62,26 @@ def _rates(times: list[float], counts: list[dict[str, float]], warmup: int) -> d
 
 
 class PeakMemory:
-    """Peak memory over a block: CUDA's allocator peak on a GPU, else the process's resident set
-    (sampled every 2 ms by a thread: everything the process holds, not only tensors)."""
+    """Peak memory over a block: CUDA's allocator peak on a GPU, else the resident set of this
+    process and its loader workers (sampled, :class:`~data_modules.util.memory.PeakRSS`)."""
 
     def __init__(self, cuda: bool) -> None:
-        self.cuda, self.peak, self._stop = cuda, 0, threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    @staticmethod
-    def _rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._rss())
-            time.sleep(0.002)
+        self.cuda, self.peak = cuda, 0
+        self._rss = None if cuda else PeakRSS(every=0.005)
 
     def __enter__(self) -> PeakMemory:
-        if self.cuda:
+        if self._rss is None:
             torch.cuda.reset_peak_memory_stats()
-        elif os.path.exists("/proc/self/statm"):
-            self._thread.start()
+        else:
+            self._rss.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self.cuda:
+        if self._rss is None:
             self.peak = torch.cuda.max_memory_allocated()
-        elif self._thread.is_alive():
-            self._stop.set()
-            self._thread.join()
+        else:
+            self._rss.__exit__(*exc)
+            self.peak = self._rss.peak
 
     def report(self) -> dict[str, float | None]:
         key = "peak_memory_gib" if self.cuda else "peak_rss_gib"
@@ -108,7 +98,7 @@ def _lightning(args: list[str], steps: int, warmup: int, run_dir: str) -> tuple[
          "--checkpoint.every_n_train_steps", str(10**9), "--trainer.enable_progress_bar", "false"],
         extra_callbacks=[timer],
     )  # fmt: skip
-    with PeakMemory(cuda=cli.model.device.type == "cuda" or torch.cuda.is_available()) as memory:
+    with PeakMemory(cuda=cli.trainer.strategy.root_device.type == "cuda") as memory:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     return {**_rates(timer.times, timer.counts, warmup), **memory.report()}, cli
 

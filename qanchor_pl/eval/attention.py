@@ -26,6 +26,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from data_modules.loading.collate import batch_rows
 from qanchor_pl.config import AttentionConfig
 from qanchor_pl.model import backbone as bb
 from qanchor_pl.model.kv_cache import PrefixCache, encode_prefix, suffix_forward
@@ -152,7 +153,9 @@ def run_attention(cfg: AttentionConfig) -> dict[str, Any]:
             rows = [i for i, u in enumerate(batch["user_id"]) if u in everyone]
             if not rows:
                 continue
-            batch = take_rows(batch, rows)  # only the carve's users go through the model
+            batch = batch_rows(
+                batch, rows, len(batch["user_id"])
+            )  # only the carve's users go through the model
             ids = list(batch["user_id"])
             prefix = encode_prefix(model, batch, groups=names)
             for side, queries in sides.items():
@@ -170,17 +173,6 @@ def run_attention(cfg: AttentionConfig) -> dict[str, Any]:
     result = _summarise(sums, counts, names, list(sides))
     _write(out, result, names, list(sides))
     return {"out": str(out), "scenarios": list(counts), "users": counts, "groups": names}
-
-
-def take_rows(batch: Any, rows: list[int]) -> Any:
-    """The batch's ``rows`` (users): tensors and lists indexed along their first axis, dicts recursed."""
-    if isinstance(batch, dict):
-        return {k: take_rows(v, rows) for k, v in batch.items()}
-    if isinstance(batch, torch.Tensor):
-        return batch[torch.tensor(rows, dtype=torch.long)]
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(batch[i] for i in rows)
-    return batch
 
 
 def model_layers(model: QAnchorModel) -> int:

@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from data_modules.loading.collate import batch_rows
+
 
 @dataclass(frozen=True)
 class GradCacheSpec:
@@ -60,21 +62,10 @@ class RngState:
 WHOLE_BATCH_KEYS = ("future", "vocab_sample")
 
 
-def slice_rows(value: Any, lo: int, hi: int, rows: int) -> Any:
-    """Rows ``lo:hi`` of every per-row tensor or list (first dimension ``rows``) in a nested batch."""
-    if isinstance(value, dict):
-        return {k: slice_rows(v, lo, hi, rows) for k, v in value.items()}
-    if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == rows:
-        return value[lo:hi]
-    if isinstance(value, (list, tuple)) and len(value) == rows:
-        return value[lo:hi]
-    return value
-
-
 def chunk_batches(batch: dict[str, Any], rows: int, chunk_size: int) -> list[dict[str, Any]]:
     """The batch cut into chunks of ``chunk_size`` rows (the last may be smaller), for the model."""
     model_part = {k: v for k, v in batch.items() if k not in WHOLE_BATCH_KEYS}
-    return [slice_rows(model_part, lo, min(lo + chunk_size, rows), rows) for lo in range(0, rows, chunk_size)]
+    return [batch_rows(model_part, slice(lo, lo + chunk_size), rows) for lo in range(0, rows, chunk_size)]
 
 
 @dataclass
